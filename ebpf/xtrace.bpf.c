@@ -1,0 +1,549 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * xtrace-catch datapath: one parser shared by an XDP program (ingress) and
+ * two TC programs (ingress, egress), counting every frame into a per-CPU
+ * flow hash. A monitor never changes traffic: XDP returns XDP_PASS, TC
+ * returns TC_ACT_UNSPEC so filters attached after ours still run.
+ *
+ * Hot-path rules: no clock reads, no locks, no loops the compiler cannot
+ * unroll. Idleness is derived in user space from unchanged counters.
+ */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
+#include "xtrace.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Tunables, written into .rodata by user space before load. Zero values
+ * count everything on an Ethernet link (so `bpftool prog loadall` works). */
+const volatile __u32 cfg_filter = XT_FILTER_ALL;
+const volatile __u32 cfg_exclude_dns = 0;
+const volatile __u32 cfg_link_type = XT_LINK_ETHERNET;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, XT_DEFAULT_FLOWS); /* resized before load */
+	__type(key, struct flow_key);
+	__type(value, struct flow_value);
+} flows SEC(".maps");
+
+/* Where packets go when `flows` is full: one record per direction and type,
+ * index = direction * XT_TYPE_MAX + traffic_type. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XT_DIR_MAX * XT_TYPE_MAX);
+	__type(key, __u32);
+	__type(value, struct flow_value);
+} overflow SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct xtrace_stats);
+} stats SEC(".maps");
+
+/* DNS server addresses (16-byte, IPv4 v4-mapped) for --exclude-dns. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XT_DNS_SERVERS_MAX);
+	__type(key, __u8[16]);
+	__type(value, __u8);
+} dns_servers SEC(".maps");
+
+#define ETH_HLEN        14
+#define ETH_P_IP        0x0800
+#define ETH_P_IPV6      0x86DD
+#define ETH_P_8021Q     0x8100
+#define ETH_P_8021AD    0x88A8
+#define ETH_P_ROCE      0x8915
+#define IPOIB_HLEN      24 /* 20-byte pseudo header (hw address) + 4-byte encap */
+#define IPOIB_PROTO_OFF 20
+
+#define IPPROTO_HOPOPTS  0
+#define IPPROTO_ICMP     1
+#define IPPROTO_TCP      6
+#define IPPROTO_UDP      17
+#define IPPROTO_ROUTING  43
+#define IPPROTO_FRAGMENT 44
+#define IPPROTO_AH       51
+#define IPPROTO_ICMPV6   58
+#define IPPROTO_DSTOPTS  60
+
+#define ROCE_V2_PORT   4791
+#define GRH_LEN        40
+#define GRH_NEXT_BTH   0x1B
+#define BTH_LEN        12
+#define BTH_OP_CNP     0x81
+#define IPV6_MAX_EXT   6
+#define MAX_VLAN_TAGS  2
+/* In TC, headers beyond the linear part are pulled in up to this length. */
+#define TC_PULL_LEN    256
+
+enum parse_result {
+	PARSE_OK = 0,
+	PARSE_TRUNCATED = 1, /* truncated or unparsable */
+};
+
+/* What the parser learnt besides the key. */
+struct pkt_info {
+	__u32 hdr_len;  /* L2..L4 header bytes, replicated per GSO segment */
+	__s32 opcode;   /* BTH opcode, -1 when not RoCE */
+	__u8 ecn_ce;
+	__u8 fragment;  /* non-first fragment */
+};
+
+static __always_inline void set_v4mapped(__u8 *dst, const __u8 *src4)
+{
+	/* dst was zeroed with the key; ::ffff:a.b.c.d */
+	dst[10] = 0xff;
+	dst[11] = 0xff;
+	__builtin_memcpy(dst + 12, src4, 4);
+}
+
+/* L4 ports, and RoCE v2's BTH behind UDP 4791. `l4` is the L4 offset. */
+static __always_inline int parse_l4(void *data, void *data_end, __u32 l4,
+				    struct flow_key *key, struct pkt_info *pi)
+{
+	__u8 *p = data + l4;
+
+	switch (key->protocol) {
+	case IPPROTO_TCP: {
+		if ((void *)(p + 20) > data_end)
+			return PARSE_TRUNCATED;
+		__u32 doff = (p[12] >> 4) * 4;
+		if (doff < 20)
+			return PARSE_TRUNCATED;
+		key->src_port = ((__u16)p[0] << 8) | p[1];
+		key->dst_port = ((__u16)p[2] << 8) | p[3];
+		key->traffic_type = XT_TYPE_TCP;
+		pi->hdr_len = l4 + doff;
+		return PARSE_OK;
+	}
+	case IPPROTO_UDP: {
+		if ((void *)(p + 8) > data_end)
+			return PARSE_TRUNCATED;
+		key->src_port = ((__u16)p[0] << 8) | p[1];
+		key->dst_port = ((__u16)p[2] << 8) | p[3];
+		key->traffic_type = XT_TYPE_UDP;
+		pi->hdr_len = l4 + 8;
+		if (key->dst_port != ROCE_V2_PORT)
+			return PARSE_OK;
+		/* RoCE v2: a UDP 4791 datagram too short for a BTH is malformed. */
+		__u8 *bth = p + 8;
+		if ((void *)(bth + BTH_LEN) > data_end)
+			return PARSE_TRUNCATED;
+		key->traffic_type = XT_TYPE_ROCE_V2;
+		key->dst_qp = ((__u32)bth[5] << 16) | ((__u32)bth[6] << 8) | bth[7];
+		pi->opcode = bth[0];
+		pi->hdr_len = l4 + 8 + BTH_LEN;
+		return PARSE_OK;
+	}
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6:
+		if ((void *)(p + 8) > data_end)
+			return PARSE_TRUNCATED;
+		key->traffic_type = XT_TYPE_ICMP;
+		pi->hdr_len = l4 + 8;
+		return PARSE_OK;
+	default:
+		pi->hdr_len = l4;
+		return PARSE_OK;
+	}
+}
+
+static __always_inline int parse_ipv4(void *data, void *data_end, __u32 off,
+				      struct flow_key *key, struct pkt_info *pi)
+{
+	__u8 *ip = data + off;
+
+	if ((void *)(ip + 20) > data_end)
+		return PARSE_TRUNCATED;
+	if ((ip[0] >> 4) != 4)
+		return PARSE_TRUNCATED;
+	__u32 ihl = (ip[0] & 0x0f) * 4;
+	if (ihl < 20)
+		return PARSE_TRUNCATED;
+	/* Options must be present in full (IHL covers them). */
+	if ((void *)(ip + ihl) > data_end)
+		return PARSE_TRUNCATED;
+
+	pi->ecn_ce = (ip[1] & 3) == 3;
+	key->protocol = ip[9];
+	set_v4mapped(key->src_addr, ip + 12);
+	set_v4mapped(key->dst_addr, ip + 16);
+
+	__u16 frag = ((__u16)(ip[6] & 0x1f) << 8) | ip[7];
+	if (frag) {
+		/* Non-first fragment: no L4 header here, so no ports. */
+		pi->fragment = 1;
+		pi->hdr_len = off + ihl;
+		if (key->protocol == IPPROTO_TCP)
+			key->traffic_type = XT_TYPE_TCP;
+		else if (key->protocol == IPPROTO_UDP)
+			key->traffic_type = XT_TYPE_UDP;
+		else if (key->protocol == IPPROTO_ICMP)
+			key->traffic_type = XT_TYPE_ICMP;
+		return PARSE_OK;
+	}
+	return parse_l4(data, data_end, off + ihl, key, pi);
+}
+
+static __always_inline int parse_ipv6(void *data, void *data_end, __u32 off,
+				      struct flow_key *key, struct pkt_info *pi)
+{
+	__u8 *ip6 = data + off;
+
+	if ((void *)(ip6 + 40) > data_end)
+		return PARSE_TRUNCATED;
+	if ((ip6[0] >> 4) != 6)
+		return PARSE_TRUNCATED;
+
+	pi->ecn_ce = ((ip6[1] >> 4) & 3) == 3;
+	__builtin_memcpy(key->src_addr, ip6 + 8, 16);
+	__builtin_memcpy(key->dst_addr, ip6 + 24, 16);
+
+	__u8 nexthdr = ip6[6];
+	__u32 l4 = off + 40;
+
+	/* Bounded walk over the extension headers we can skip. More than
+	 * IPV6_MAX_EXT of them (a loop or a crafted chain) is unparsable. */
+#pragma unroll
+	for (int i = 0; i < IPV6_MAX_EXT; i++) {
+		__u8 *h = data + l4;
+		__u32 len;
+
+		switch (nexthdr) {
+		case IPPROTO_HOPOPTS:
+		case IPPROTO_ROUTING:
+		case IPPROTO_DSTOPTS:
+			if ((void *)(h + 8) > data_end)
+				return PARSE_TRUNCATED;
+			len = ((__u32)h[1] + 1) * 8;
+			break;
+		case IPPROTO_AH:
+			if ((void *)(h + 8) > data_end)
+				return PARSE_TRUNCATED;
+			len = ((__u32)h[1] + 2) * 4;
+			break;
+		case IPPROTO_FRAGMENT:
+			if ((void *)(h + 8) > data_end)
+				return PARSE_TRUNCATED;
+			if ((((__u16)h[2] << 8) | h[3]) & 0xfff8) {
+				key->protocol = h[0];
+				pi->fragment = 1;
+				pi->hdr_len = l4 + 8;
+				if (key->protocol == IPPROTO_TCP)
+					key->traffic_type = XT_TYPE_TCP;
+				else if (key->protocol == IPPROTO_UDP)
+					key->traffic_type = XT_TYPE_UDP;
+				else if (key->protocol == IPPROTO_ICMPV6)
+					key->traffic_type = XT_TYPE_ICMP;
+				return PARSE_OK;
+			}
+			len = 8;
+			break;
+		default:
+			key->protocol = nexthdr;
+			return parse_l4(data, data_end, l4, key, pi);
+		}
+		nexthdr = h[0];
+		l4 += len;
+		/* Keeps the offset's range small for the verifier; a chain this
+		 * long is beyond anything we parse. */
+		if (l4 > 1024)
+			return PARSE_TRUNCATED;
+	}
+	return PARSE_TRUNCATED;
+}
+
+/* RoCE v1: GRH (40 bytes, next header 0x1B) then BTH. */
+static __always_inline int parse_roce_v1(void *data, void *data_end, __u32 off,
+					 struct flow_key *key, struct pkt_info *pi)
+{
+	__u8 *grh = data + off;
+
+	if ((void *)(grh + GRH_LEN + BTH_LEN) > data_end)
+		return PARSE_TRUNCATED;
+	if (grh[6] != GRH_NEXT_BTH)
+		return PARSE_TRUNCATED;
+	__u8 *bth = grh + GRH_LEN;
+
+	pi->ecn_ce = ((grh[1] >> 4) & 3) == 3;
+	__builtin_memcpy(key->src_addr, grh + 8, 16);
+	__builtin_memcpy(key->dst_addr, grh + 24, 16);
+	key->traffic_type = XT_TYPE_ROCE_V1;
+	key->dst_qp = ((__u32)bth[5] << 16) | ((__u32)bth[6] << 8) | bth[7];
+	pi->opcode = bth[0];
+	pi->hdr_len = off + GRH_LEN + BTH_LEN;
+	return PARSE_OK;
+}
+
+/* Ethernet (with up to MAX_VLAN_TAGS in-frame tags) or IPoIB framing. */
+static __always_inline int parse_frame(void *data, void *data_end,
+				       struct flow_key *key, struct pkt_info *pi)
+{
+	__u8 *p = data;
+	__u32 off;
+	__u16 proto;
+
+	if (cfg_link_type == XT_LINK_INFINIBAND) {
+		if ((void *)(p + IPOIB_HLEN) > data_end)
+			return PARSE_TRUNCATED;
+		proto = ((__u16)p[IPOIB_PROTO_OFF] << 8) | p[IPOIB_PROTO_OFF + 1];
+		off = IPOIB_HLEN;
+	} else {
+		if ((void *)(p + ETH_HLEN) > data_end)
+			return PARSE_TRUNCATED;
+		proto = ((__u16)p[12] << 8) | p[13];
+		off = ETH_HLEN;
+#pragma unroll
+		for (int i = 0; i < MAX_VLAN_TAGS; i++) {
+			if (proto != ETH_P_8021Q && proto != ETH_P_8021AD)
+				break;
+			__u8 *tag = data + off;
+			if ((void *)(tag + 4) > data_end)
+				return PARSE_TRUNCATED;
+			if (!key->vlan_id)
+				key->vlan_id = (((__u16)tag[0] << 8) | tag[1]) & 0x0fff;
+			proto = ((__u16)tag[2] << 8) | tag[3];
+			off += 4;
+		}
+		if (proto == ETH_P_8021Q || proto == ETH_P_8021AD)
+			return PARSE_TRUNCATED; /* more tags than we parse */
+	}
+
+	key->eth_proto = proto;
+	pi->hdr_len = off;
+
+	int ret;
+	switch (proto) {
+	case ETH_P_IP:
+		ret = parse_ipv4(data, data_end, off, key, pi);
+		break;
+	case ETH_P_IPV6:
+		ret = parse_ipv6(data, data_end, off, key, pi);
+		break;
+	case ETH_P_ROCE:
+		if (cfg_link_type == XT_LINK_INFINIBAND)
+			return PARSE_OK;
+		return parse_roce_v1(data, data_end, off, key, pi);
+	default:
+		return PARSE_OK; /* Other: counted by ethertype */
+	}
+	if (ret == PARSE_OK && cfg_link_type == XT_LINK_INFINIBAND)
+		key->traffic_type = XT_TYPE_IPOIB;
+	return ret;
+}
+
+static __always_inline int filtered_out(const struct flow_key *key)
+{
+	__u8 t = key->traffic_type;
+
+	switch (cfg_filter) {
+	case XT_FILTER_TCP:
+		if (key->protocol != IPPROTO_TCP || !key->eth_proto || t == XT_TYPE_OTHER)
+			return 1;
+		break;
+	case XT_FILTER_UDP:
+		if (key->protocol != IPPROTO_UDP || t == XT_TYPE_OTHER)
+			return 1;
+		break;
+	case XT_FILTER_ROCE:
+		if (t != XT_TYPE_ROCE_V1 && t != XT_TYPE_ROCE_V2)
+			return 1;
+		break;
+	case XT_FILTER_ROCE_V1:
+		if (t != XT_TYPE_ROCE_V1)
+			return 1;
+		break;
+	case XT_FILTER_ROCE_V2:
+		if (t != XT_TYPE_ROCE_V2)
+			return 1;
+		break;
+	case XT_FILTER_IB:
+		if (t != XT_TYPE_ROCE_V1 && t != XT_TYPE_ROCE_V2 && t != XT_TYPE_IPOIB)
+			return 1;
+		break;
+	}
+
+	if (cfg_exclude_dns && (key->eth_proto == ETH_P_IP || key->eth_proto == ETH_P_IPV6)) {
+		if ((key->protocol == IPPROTO_UDP || key->protocol == IPPROTO_TCP) &&
+		    (key->src_port == 53 || key->dst_port == 53))
+			return 1;
+		if (bpf_map_lookup_elem(&dns_servers, key->src_addr) ||
+		    bpf_map_lookup_elem(&dns_servers, key->dst_addr))
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline void add_ops(struct flow_value *v, __s32 opcode, __u64 segs)
+{
+	if (opcode < 0)
+		return;
+	if (opcode == BTH_OP_CNP) {
+		v->cnp += segs;
+		return;
+	}
+	/* The low 5 bits name the operation for every transport (RC/UC/RD/UD/XRC). */
+	__u32 op = opcode & 0x1f;
+	if (op <= 5 || op == 22 || op == 23)
+		v->op_send += segs;
+	else if (op <= 11)
+		v->op_write += segs;
+	else if (op == 12)
+		v->op_read_req += segs;
+	else if (op <= 16)
+		v->op_read_resp += segs;
+	else if (op <= 18)
+		v->op_ack += segs;
+	else if (op <= 20)
+		v->op_atomic += segs;
+	else
+		v->op_other += segs;
+}
+
+static __always_inline void add_value(struct flow_value *v, const struct pkt_info *pi,
+				      __u64 segs, __u64 bytes)
+{
+	v->packets += segs;
+	v->bytes += bytes;
+	if (pi->ecn_ce)
+		v->ecn_ce += segs;
+	if (pi->fragment)
+		v->fragments += segs;
+	add_ops(v, pi->opcode, segs);
+}
+
+/*
+ * Parse and count one frame. `len` is the frame length the hook sees,
+ * `segs` the packets it stands for on the wire (GSO), `vlan_hw` the
+ * hardware-accelerated VLAN tag (TC only, 0 if none or in-frame).
+ */
+static __always_inline void count_frame(void *data, void *data_end, __u32 len,
+					__u32 segs, __u32 vlan_hw_present, __u16 vlan_hw_tci,
+					__u8 direction)
+{
+	struct flow_key key;
+	struct pkt_info pi = { .opcode = -1 };
+	__u32 zero = 0;
+
+	__builtin_memset(&key, 0, sizeof(key));
+	key.direction = direction;
+	if (vlan_hw_present)
+		key.vlan_id = vlan_hw_tci & 0x0fff;
+
+	int ret = parse_frame(data, data_end, &key, &pi);
+
+	/* Bytes as on the wire: each extra GSO segment repeats the headers,
+	 * and a tag the kernel moved into metadata was 4 bytes of every frame. */
+	__u64 bytes = len;
+	if (segs > 1 && ret == PARSE_OK)
+		bytes += (__u64)(segs - 1) * pi.hdr_len;
+	if (vlan_hw_present)
+		bytes += 4ULL * segs;
+
+	struct xtrace_stats *st = bpf_map_lookup_elem(&stats, &zero);
+	if (!st)
+		return; /* cannot happen: array index 0 always exists */
+	st->seen += segs;
+	st->seen_bytes += bytes;
+
+	if (ret != PARSE_OK) {
+		st->truncated += segs;
+		st->truncated_bytes += bytes;
+		return;
+	}
+	if (filtered_out(&key)) {
+		st->filtered += segs;
+		st->filtered_bytes += bytes;
+		return;
+	}
+
+	struct flow_value *v = bpf_map_lookup_elem(&flows, &key);
+	if (!v) {
+		struct flow_value init = {};
+		add_value(&init, &pi, segs, bytes);
+		/* BPF_NOEXIST: another CPU may insert the same key first; then
+		 * our slot exists (per-CPU) and the lookup below finds it. */
+		long err = bpf_map_update_elem(&flows, &key, &init, BPF_NOEXIST);
+		if (!err) {
+			st->counted += segs;
+			st->counted_bytes += bytes;
+			return;
+		}
+		v = bpf_map_lookup_elem(&flows, &key);
+		if (!v) {
+			/* Map full (-E2BIG) or out of memory: never lose the count. */
+			__u32 idx = (__u32)direction * XT_TYPE_MAX + (key.traffic_type & (XT_TYPE_MAX - 1));
+			struct flow_value *ov = bpf_map_lookup_elem(&overflow, &idx);
+			if (ov)
+				add_value(ov, &pi, segs, bytes);
+			st->overflowed += segs;
+			st->overflowed_bytes += bytes;
+			return;
+		}
+	}
+	add_value(v, &pi, segs, bytes);
+	st->counted += segs;
+	st->counted_bytes += bytes;
+}
+
+SEC("xdp")
+int xtrace_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	count_frame(data, data_end, data_end - data, 1, 0, 0, XT_DIR_INGRESS);
+	return XDP_PASS;
+}
+
+/* CO-RE flavour of the context: field offsets are relocated against the
+ * running kernel's BTF and missing fields can be tested for. */
+struct __sk_buff___xt {
+	__u32 gso_segs;
+} __attribute__((preserve_access_index));
+
+static __always_inline int tc_count(struct __sk_buff *skb, __u8 direction)
+{
+	__u32 len = skb->len;
+	__u32 segs = 1;
+
+	/* gso_segs is in __sk_buff since 5.1: guarded so the object still
+	 * loads (counting super-packets as one) where it is missing. */
+	struct __sk_buff___xt *core = (void *)skb;
+	if (bpf_core_field_exists(core->gso_segs)) {
+		__u32 gs = core->gso_segs;
+		if (gs > 1)
+			segs = gs;
+	}
+
+	/* Headers of a non-linear skb may sit in fragments: pull them into
+	 * the linear part so direct packet access reaches them. */
+	__u32 linear = skb->data_end - skb->data;
+	if (linear < len && linear < TC_PULL_LEN)
+		bpf_skb_pull_data(skb, len < TC_PULL_LEN ? len : TC_PULL_LEN);
+
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+
+	count_frame(data, data_end, len, segs, skb->vlan_present, skb->vlan_tci, direction);
+	return TC_ACT_UNSPEC;
+}
+
+SEC("tc")
+int xtrace_tc_ingress(struct __sk_buff *skb)
+{
+	return tc_count(skb, XT_DIR_INGRESS);
+}
+
+SEC("tc")
+int xtrace_tc_egress(struct __sk_buff *skb)
+{
+	return tc_count(skb, XT_DIR_EGRESS);
+}

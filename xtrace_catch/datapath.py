@@ -1,0 +1,213 @@
+"""The xtrace datapath: our object configured, loaded, and its maps decoded.
+
+Opening checks the object's BTF against :mod:`xtrace_catch.layout` (a stale object fails
+loudly); tunables go into .rodata and the flow map is sized before load.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+from .btf import Btf
+from .errors import ObjectError, UsageError
+from .layout import (
+    DEFAULT_FLOWS,
+    DNS_SERVERS_MAX,
+    FLOW_KEY,
+    FLOW_VALUE,
+    RODATA_VARS,
+    STATS,
+    TYPE_SLOTS,
+    Filter,
+    LinkType,
+    check_layout,
+)
+from .maps import BpfMap
+from .object import BpfObject
+
+__all__ = [
+    "OBJECT_PATH",
+    "PROG_XDP",
+    "PROG_TC_INGRESS",
+    "PROG_TC_EGRESS",
+    "ALL_PROGRAMS",
+    "DatapathConfig",
+    "Datapath",
+    "addr16",
+    "default_dns_servers",
+    "PUBLIC_DNS_SERVERS",
+]
+
+log = logging.getLogger(__name__)
+
+OBJECT_PATH = Path(__file__).resolve().parent / "bpf" / "xtrace.bpf.o"
+PROG_XDP = "xtrace_xdp"
+PROG_TC_INGRESS = "xtrace_tc_ingress"
+PROG_TC_EGRESS = "xtrace_tc_egress"
+ALL_PROGRAMS = frozenset({PROG_XDP, PROG_TC_INGRESS, PROG_TC_EGRESS})
+
+# Well-known public resolvers (Google, Cloudflare, Quad9, OpenDNS), added to the
+# host's resolv.conf nameservers for --exclude-dns. Only matched against, never contacted.
+PUBLIC_DNS_SERVERS = (
+    "8.8.8.8", "8.8.4.4", "1.1.1.1", "1.0.0.1", "9.9.9.9", "149.112.112.112",
+    "208.67.222.222", "208.67.220.220",
+    "2001:4860:4860::8888", "2001:4860:4860::8844", "2606:4700:4700::1111", "2606:4700:4700::1001",
+    "2620:fe::fe", "2620:fe::9",
+)
+
+
+def addr16(text: str) -> bytes:
+    """An address as the datapath keys it: IPv6 as is, IPv4 v4-mapped."""
+    try:
+        ip = ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise UsageError(f"not an IP address: {text!r}; give an IPv4 or IPv6 address") from None
+    if isinstance(ip, ipaddress.IPv4Address):
+        return ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ip.packed).packed
+    return ip.packed
+
+
+def default_dns_servers(resolv_conf: str | Path = "/etc/resolv.conf") -> list[str]:
+    """PUBLIC_DNS_SERVERS plus the nameservers of resolv.conf (when readable)."""
+    out = list(PUBLIC_DNS_SERVERS)
+    try:
+        for line in Path(resolv_conf).read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "nameserver":
+                addr = parts[1].split("%", 1)[0]  # drop an IPv6 zone
+                try:
+                    ipaddress.ip_address(addr)
+                except ValueError:
+                    continue
+                if addr not in out:
+                    out.append(addr)
+    except OSError:
+        pass
+    return out
+
+
+@dataclass(frozen=True)
+class DatapathConfig:
+    """What the programs are told before load."""
+
+    filter: Filter = Filter.ALL
+    exclude_dns: bool = False
+    link_type: LinkType = LinkType.ETHERNET
+    max_flows: int = DEFAULT_FLOWS
+    programs: frozenset[str] = field(default_factory=lambda: ALL_PROGRAMS)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_flows <= (1 << 26):
+            raise UsageError(f"flow map size {self.max_flows} out of range; give 1..{1 << 26}")
+        unknown = set(self.programs) - ALL_PROGRAMS
+        if unknown:
+            raise UsageError(f"unknown program(s) {sorted(unknown)}; known: {sorted(ALL_PROGRAMS)}")
+
+
+class Datapath:
+    """Our loaded object. Context manager; :meth:`close` is idempotent.
+
+    Requires Linux >= 5.8 with BTF, root or CAP_BPF + CAP_PERFMON; raises
+    ObjectError (stale/missing object), LoadError (kernel refused it), LibbpfError.
+    """
+
+    def __init__(self, config: DatapathConfig | None = None, object_path: str | Path | None = None) -> None:
+        self.config = config or DatapathConfig()
+        path = Path(object_path) if object_path else OBJECT_PATH
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ObjectError(
+                f"cannot read BPF object {path}: {exc.strerror}; reinstall xtrace-catch or run 'make bpf'"
+            ) from exc
+        btf = Btf.from_elf(data)
+        check_layout(btf)
+        self._rodata = btf.datasec(".rodata")
+        self.obj = BpfObject(data, str(path))
+        try:
+            self._configure()
+            self.obj.load()
+            self.flows = self.obj.map("flows", key_dtype=FLOW_KEY, value_dtype=FLOW_VALUE)
+            self.overflow = self.obj.map("overflow", value_dtype=FLOW_VALUE)
+            self.stats = self.obj.map("stats", value_dtype=STATS)
+            self.dns_servers = self.obj.map("dns_servers")
+        except BaseException:
+            self.obj.close()
+            raise
+
+    def _configure(self) -> None:
+        c = self.config
+        values = {"cfg_filter": int(c.filter), "cfg_exclude_dns": int(c.exclude_dns), "cfg_link_type": int(c.link_type)}
+        self.obj.write_rodata({
+            self._rodata[name].offset: value.to_bytes(RODATA_VARS[name], "little") for name, value in values.items()
+        })
+        self.obj.set_max_entries("flows", c.max_flows)
+        for prog in ALL_PROGRAMS:
+            self.obj.set_autoload(prog, prog in c.programs)
+
+    # -- programs ------------------------------------------------------------
+
+    def prog_fd(self, name: str) -> int:
+        return self.obj.prog_fd(name)
+
+    # -- maps ------------------------------------------------------------------
+
+    def set_dns_servers(self, addrs: Iterable[str]) -> list[str]:
+        """Fill the DNS-server map (replacing nothing: call once after load). Returns what went in."""
+        added: list[str] = []
+        for a in addrs:
+            if len(added) >= DNS_SERVERS_MAX:
+                log.warning("more than %d DNS servers; ignoring %s and the rest", DNS_SERVERS_MAX, a)
+                break
+            self.dns_servers.update(addr16(a), b"\x01")
+            added.append(a)
+        return added
+
+    def read_stats(self) -> np.void:
+        """Packet accounting summed over CPUs (a STATS record)."""
+        raw = self.stats.lookup(b"\0\0\0\0")
+        assert raw is not None  # array index 0 always exists
+        return _sum_cpus(raw.reshape(1, -1), STATS)[0]
+
+    def read_flows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, values summed over CPUs), one row per flow in the kernel map."""
+        keys, vals = self.flows.read_all()
+        return keys, _sum_cpus(vals, FLOW_VALUE)
+
+    def read_overflow(self) -> np.ndarray:
+        """The overflow table summed over CPUs: shape (2 directions, TYPE_SLOTS types)."""
+        rows = []
+        for i in range(2 * TYPE_SLOTS):
+            raw = self.overflow.lookup(i.to_bytes(4, "little"))
+            assert raw is not None
+            rows.append(raw)
+        return _sum_cpus(np.stack(rows), FLOW_VALUE).reshape(2, TYPE_SLOTS)
+
+    def close(self) -> None:
+        self.obj.close()
+
+    def __enter__(self) -> Datapath:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _sum_cpus(vals: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Sum a (n, ncpus) array of per-CPU records into n records of `dtype`, vectorised."""
+    n = vals.shape[0]
+    names = dtype.names or ()
+    # View each CPU slot as its leading u64 fields (every counter struct is all u64).
+    width = len(names)
+    slot = vals.dtype.itemsize
+    raw = np.ascontiguousarray(vals).view(np.uint8).reshape(n, vals.shape[1], slot)
+    u64 = raw[:, :, : width * 8].copy().view("<u8").reshape(n, vals.shape[1], width)
+    summed = u64.sum(axis=1, dtype=np.uint64)
+    return summed.view(dtype).reshape(n)
