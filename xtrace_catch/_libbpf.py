@@ -228,6 +228,7 @@ class Libbpf:
             "bpf_map_lookup_elem": ([c_int, c_void_p, c_void_p], c_int),
             "bpf_map_update_elem": ([c_int, c_void_p, c_void_p, c_uint64], c_int),
             "bpf_map_delete_elem": ([c_int, c_void_p], c_int),
+            "bpf_map_lookup_and_delete_elem": ([c_int, c_void_p, c_void_p], c_int),
             "bpf_map_get_next_key": ([c_int, c_void_p, c_void_p], c_int),
             "bpf_map_lookup_batch": (
                 [c_int, c_void_p, c_void_p, c_void_p, c_void_p, POINTER(c_uint32), POINTER(MapBatchOpts)],
@@ -335,6 +336,16 @@ class Libbpf:
             return False
         self.check_int(ret, "bpf_map_delete_elem", MapError)
         return True
+
+    def map_lookup_and_delete(self, fd: int, key: bytes, value_len: int) -> bytes | None:
+        """Atomically read and delete one element (hash maps: Linux >= 5.14).
+        None when the key is absent; MapError (EINVAL/ENOTSUPP) where unsupported."""
+        buf = ctypes.create_string_buffer(value_len)
+        ret = self._lib.bpf_map_lookup_and_delete_elem(fd, key, buf)
+        if ret == -errno.ENOENT:
+            return None
+        self.check_int(ret, "bpf_map_lookup_and_delete_elem", MapError)
+        return buf.raw
 
     def map_next_key(self, fd: int, key: bytes | None, key_size: int) -> bytes | None:
         out = ctypes.create_string_buffer(key_size)

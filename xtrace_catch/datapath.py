@@ -181,6 +181,13 @@ class Datapath:
         keys, vals = self.flows.read_all()
         return keys, _sum_cpus(vals, FLOW_VALUE)
 
+    def take_flow(self, key: bytes) -> np.ndarray | None:
+        """Atomically read and delete one flow; its counters summed over CPUs as (12,) uint64."""
+        raw = self.flows.take(key)
+        if raw is None:
+            return None
+        return _sum_cpus(raw.reshape(1, -1), FLOW_VALUE).view("<u8").reshape(-1)
+
     def read_overflow(self) -> np.ndarray:
         """The overflow table summed over CPUs: shape (2 directions, TYPE_SLOTS types)."""
         rows = []

@@ -56,6 +56,7 @@ class BpfMap:
                                      "offsets": [self.value_dtype.fields[n][1] for n in self.value_dtype.names or ()],
                                      "itemsize": self.slot}) if self.value_dtype.names else np.dtype((np.void, self.slot))
         self.batch_supported: bool | None = None
+        self.take_supported: bool | None = None
 
     def __repr__(self) -> str:
         return f"BpfMap({self.info.name!r}, fd={self.fd}, max_entries={self.info.max_entries})"
@@ -151,6 +152,26 @@ class BpfMap:
             kparts.append(key)
             vparts.append(raw)
         return self._views(b"".join(kparts), b"".join(vparts), len(kparts))
+
+    def take(self, key: bytes) -> np.ndarray | None:
+        """Read and delete `key` atomically: counts added up to the deletion are in the
+        result, later ones start a new element. Falls back to lookup + delete (a packet
+        landing in between is then missed) where the kernel lacks the atomic form."""
+        if self.take_supported is not False:
+            try:
+                raw = self.lib.map_lookup_and_delete(self.fd, key, self.value_len)
+                self.take_supported = True
+                return None if raw is None else np.frombuffer(raw, dtype=self._slot_dtype)
+            except MapError as exc:
+                if exc.errno not in _BATCH_UNSUPPORTED or self.take_supported:
+                    raise
+                log.warning("kernel lacks atomic lookup-and-delete for %s (needs Linux >= 5.14): "
+                            "evicting idle flows may miss a packet that arrives while one is removed", self.info.name)
+                self.take_supported = False
+        val = self.lookup(key)
+        if val is not None:
+            self.delete(key)
+        return val
 
     def delete_keys(self, keys: np.ndarray | list[bytes]) -> int:
         """Delete many keys (batch where supported). Returns how many were deleted."""

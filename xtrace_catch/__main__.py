@@ -1,0 +1,6 @@
+"""`python -m xtrace_catch`."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,470 @@
+"""Attach our programs to an interface: XDP or TC clsact. The only module that imports pyroute2.
+
+Rules (DESIGN.md): never destroy what we did not create. XDP attaches with
+XDP_FLAGS_UPDATE_IF_NOEXIST and detaches only our own program (XDP_FLAGS_REPLACE with
+our fd as the expected one); TC adds a clsact qdisc only when absent and remembers that,
+adds one filter per direction with our fixed handle and priority, and removes only those.
+Leftovers of a killed run are recognised by program/filter name and replaced, with a
+message. A small state file records whether a run created the clsact qdisc, so cleanup
+after SIGKILL can remove it too.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from . import _libbpf
+from .errors import AttachError, LibbpfError, UsageError
+from .layout import Direction
+
+__all__ = [
+    "XdpMode",
+    "Interface",
+    "Attachments",
+    "list_interfaces",
+    "get_interface",
+    "cleanup",
+    "TC_HANDLE",
+    "TC_PRIO",
+    "OUR_PROG_NAMES",
+]
+
+log = logging.getLogger(__name__)
+
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+XDP_FLAGS_REPLACE = 1 << 4
+
+TC_HANDLE = 0x7874  # "xt"
+TC_PRIO = 1  # run before other filters so a verdict of theirs cannot hide packets from us
+PARENT = {Direction.INGRESS: 0xFFFFFFF2, Direction.EGRESS: 0xFFFFFFF3}
+TC_NAMES = {Direction.INGRESS: "xtrace_tc_ingress", Direction.EGRESS: "xtrace_tc_egress"}
+XDP_NAME = "xtrace_xdp"
+# The kernel keeps 15 characters of a program's name.
+OUR_PROG_NAMES = {n[:15] for n in (XDP_NAME, *TC_NAMES.values())}
+
+ARPHRD = {1: "Ethernet", 32: "InfiniBand", 772: "loopback", 65534: "none", 768: "tunnel", 769: "tunnel6",
+          776: "sit", 778: "gre", 823: "ip6gre", 65535: "void"}
+ARPHRD_INFINIBAND = 32
+
+
+class XdpMode:
+    AUTO = "auto"
+    NATIVE = "native"
+    GENERIC = "generic"
+    ALL = (AUTO, NATIVE, GENERIC)
+
+
+def _err(exc: NetlinkError) -> int:
+    return int(exc.code)
+
+
+def _state_dir() -> Path:
+    return Path(os.environ.get("XTRACE_STATE_DIR", "/run/xtrace-catch"))
+
+
+def _netns_id() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/net").st_ino)
+    except OSError:
+        return "0"
+
+
+def _state_file(ifname: str) -> Path:
+    return _state_dir() / f"{_netns_id()}-{ifname}.json"
+
+
+@dataclass
+class Interface:
+    index: int
+    name: str
+    link_type: str
+    arphrd: int
+    state: str
+    mtu: int
+    addresses: list[str] = field(default_factory=list)
+    xdp: str = ""  # e.g. "xdp id 12 xtrace_xdp"
+    tc: list[str] = field(default_factory=list)  # our filters: "ingress", "egress"
+
+    @property
+    def is_infiniband(self) -> bool:
+        return self.arphrd == ARPHRD_INFINIBAND
+
+    def primary_ipv4(self) -> str | None:
+        for a in self.addresses:
+            if ":" not in a:
+                return a
+        return None
+
+
+def _ipr() -> IPRoute:
+    try:
+        return IPRoute()
+    except OSError as exc:
+        raise AttachError(f"cannot open a netlink socket: {exc}") from exc
+
+
+def _xdp_attrs(link: object) -> dict[str, object]:
+    x = link.get_attr("IFLA_XDP")  # type: ignore[attr-defined]
+    return dict(x["attrs"]) if x else {}
+
+
+def _prog_name(prog_id: int) -> str:
+    lib = _libbpf.get()
+    try:
+        fd = lib.prog_fd_by_id(prog_id)
+    except LibbpfError:
+        return "?"
+    try:
+        return lib.prog_info(fd)[1]
+    finally:
+        os.close(fd)
+
+
+def _has_clsact(ipr: IPRoute, index: int) -> bool:
+    return any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index=index))
+
+
+def _filters(ipr: IPRoute, index: int, direction: Direction) -> list[object]:
+    try:
+        return list(ipr.get_filters(index=index, parent=PARENT[direction]))
+    except NetlinkError as exc:
+        if _err(exc) in (errno.EINVAL, errno.ENOENT):
+            return []
+        raise
+
+
+def _filter_name(f: object) -> str:
+    opts = f.get_attr("TCA_OPTIONS")  # type: ignore[attr-defined]
+    if not opts:
+        return ""
+    return dict(opts["attrs"]).get("TCA_BPF_NAME", "") or ""
+
+
+def _filter_prio(f: object) -> int:
+    return (f["info"] >> 16) & 0xFFFF  # type: ignore[index]
+
+
+def _our_filter(ipr: IPRoute, index: int, direction: Direction) -> tuple[object | None, bool]:
+    """(filter with our handle and prio or None, whether its name is ours)."""
+    for f in _filters(ipr, index, direction):
+        if f["handle"] == TC_HANDLE and _filter_prio(f) == TC_PRIO:  # type: ignore[index]
+            name = _filter_name(f)
+            return f, name in TC_NAMES.values()
+    return None, False
+
+
+def _interface(ipr: IPRoute, link: object, with_attach: bool = True) -> Interface:
+    index = link["index"]  # type: ignore[index]
+    name = link.get_attr("IFLA_IFNAME")  # type: ignore[attr-defined]
+    arphrd = link["ifi_type"]  # type: ignore[index]
+    addrs = []
+    for a in ipr.get_addr(index=index):
+        addr = a.get_attr("IFA_ADDRESS")
+        if a["family"] == socket.AF_INET:
+            addr = a.get_attr("IFA_LOCAL") or addr
+        if addr:
+            addrs.append(addr)
+    addrs.sort(key=lambda s: ":" in s)  # IPv4 first
+    iface = Interface(
+        index=index, name=name, arphrd=arphrd, link_type=ARPHRD.get(arphrd, f"type {arphrd}"),
+        state=(link.get_attr("IFLA_OPERSTATE") or "UNKNOWN"), mtu=link.get_attr("IFLA_MTU") or 0,  # type: ignore[attr-defined]
+        addresses=addrs,
+    )
+    if with_attach:
+        x = _xdp_attrs(link)
+        pid = x.get("IFLA_XDP_PROG_ID")
+        if pid:
+            iface.xdp = f"{x.get('IFLA_XDP_ATTACHED') or 'xdp'} id {pid} {_prog_name(int(pid))}"  # type: ignore[arg-type]
+        if _has_clsact(ipr, index):
+            for d in Direction:
+                f, ours = _our_filter(ipr, index, d)
+                if f is not None and ours:
+                    iface.tc.append(d.label)
+    return iface
+
+
+def list_interfaces() -> list[Interface]:
+    """Every interface of this network namespace, with what is attached."""
+    with _ipr() as ipr:
+        return [_interface(ipr, link) for link in ipr.get_links()]
+
+
+def get_interface(name: str) -> Interface:
+    """One interface by name; UsageError when there is none (suggesting -l)."""
+    if not name or len(name) > 15 or "/" in name or any(c.isspace() for c in name):
+        raise UsageError(f"invalid interface name {name!r}: 1-15 characters, no '/' or spaces; see 'xtrace-catch -l'")
+    with _ipr() as ipr:
+        idx = ipr.link_lookup(ifname=name)
+        if not idx:
+            raise UsageError(f"interface {name!r} not found; list interfaces with 'xtrace-catch -l'")
+        return _interface(ipr, ipr.get_links(idx[0])[0], with_attach=False)
+
+
+Notify = Callable[[str], None]
+
+
+class _XdpAttachment:
+    def __init__(self, ipr: IPRoute, iface: Interface, prog_fd: int, mode: str, notify: Notify) -> None:
+        self.ipr, self.iface, self.fd = ipr, iface, prog_fd
+        self.mode_flag = 0
+        self._attach(mode, notify)
+
+    def _set(self, flags: int, fd: int, expected: int | None = None) -> None:
+        attrs: list[tuple[str, int]] = [("IFLA_XDP_FD", fd), ("IFLA_XDP_FLAGS", flags)]
+        if expected is not None:
+            attrs.append(("IFLA_XDP_EXPECTED_FD", expected))
+        self.ipr.link("set", index=self.iface.index, xdp={"attrs": attrs})
+
+    def _current(self) -> tuple[int, str]:
+        link = self.ipr.get_links(self.iface.index)[0]
+        x = _xdp_attrs(link)
+        pid = int(x.get("IFLA_XDP_PROG_ID") or 0)  # type: ignore[call-overload]
+        return pid, (_prog_name(pid) if pid else "")
+
+    def _attach(self, mode: str, notify: Notify) -> None:
+        modes = {XdpMode.AUTO: [XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE], XdpMode.NATIVE: [XDP_FLAGS_DRV_MODE],
+                 XdpMode.GENERIC: [XDP_FLAGS_SKB_MODE]}[mode]
+        name = self.iface.name
+        pid, pname = self._current()
+        if pid:
+            if pname not in OUR_PROG_NAMES:
+                raise AttachError(
+                    f"{name} already has XDP program id {pid} ({pname}); xtrace-catch never replaces another "
+                    f"program: see it with 'ip link show {name}' or 'bpftool net show dev {name}', detach it, "
+                    "or use -m tc"
+                )
+            # Ours, left by a killed run: remove it (only if it is still that program), then attach anew.
+            _detach_xdp_prog(self.ipr, self.iface.index, pid)
+            notify(f"replacing a stale xtrace-catch XDP program (id {pid}) on {name}")
+        last_exc: NetlinkError | None = None
+        for flag in modes:
+            try:
+                self._set(XDP_FLAGS_UPDATE_IF_NOEXIST | flag, self.fd)
+                self.mode_flag = flag
+                if flag == XDP_FLAGS_SKB_MODE and mode == XdpMode.AUTO:
+                    notify(f"the driver of {name} lacks native XDP: using generic (SKB) mode, which is slower")
+                return
+            except NetlinkError as exc:
+                last_exc = exc
+                code = _err(exc)
+                if code in (errno.EBUSY, errno.EEXIST):
+                    pid, pname = self._current()
+                    raise AttachError(
+                        f"{name} already has XDP program id {pid} ({pname}); xtrace-catch never replaces another "
+                        f"program: see it with 'ip link show {name}', detach it, or use -m tc"
+                    ) from exc
+                if code in (errno.EOPNOTSUPP, errno.EINVAL) and flag == XDP_FLAGS_DRV_MODE:
+                    continue
+                break
+        assert last_exc is not None
+        code = _err(last_exc)
+        hint = ("the driver does not support native XDP: try --xdp-mode generic"
+                if code in (errno.EOPNOTSUPP, errno.EINVAL) and mode == XdpMode.NATIVE else
+                "run as root or grant CAP_NET_ADMIN" if code == errno.EPERM else "run with -v for details")
+        raise AttachError(f"attaching XDP to {name} failed: {_libbpf.errno_name(code)}; {hint}") from last_exc
+
+    @property
+    def mode_name(self) -> str:
+        return "generic" if self.mode_flag == XDP_FLAGS_SKB_MODE else "native"
+
+    def detach(self) -> None:
+        if self.mode_flag == 0:
+            return
+        flag, self.mode_flag = self.mode_flag, 0
+        try:
+            self._set(XDP_FLAGS_REPLACE | flag, -1, expected=self.fd)
+        except NetlinkError as exc:
+            if _err(exc) in (errno.ENODEV, errno.EEXIST, errno.ENOENT):
+                # Interface gone, or someone replaced our program: nothing of ours to remove.
+                log.info("XDP on %s: nothing of ours to detach (%s)", self.iface.name, exc)
+                return
+            raise AttachError(f"detaching XDP from {self.iface.name} failed: {exc}") from exc
+
+
+class _TcAttachment:
+    def __init__(self, ipr: IPRoute, iface: Interface, direction: Direction, prog_fd: int, notify: Notify) -> None:
+        self.ipr, self.iface, self.direction, self.fd = ipr, iface, direction, prog_fd
+        self.attached = False
+        self._attach(notify)
+
+    def _attach(self, notify: Notify) -> None:
+        d, name = self.direction, self.iface.name
+        existing, ours = _our_filter(self.ipr, self.iface.index, d)
+        if existing is not None:
+            if not ours:
+                raise AttachError(
+                    f"{name} {d.label} already has a filter with xtrace-catch's handle {TC_HANDLE:#x} and prio "
+                    f"{TC_PRIO} ({_filter_name(existing) or 'unnamed'}); see 'tc filter show dev {name} {d.label}'"
+                )
+            notify(f"replacing a stale xtrace-catch TC filter on {name} {d.label}")
+        cmd = "replace-filter" if existing is not None else "add-filter"
+        try:
+            self.ipr.tc(cmd, "bpf", self.iface.index, handle=TC_HANDLE, fd=self.fd, name=TC_NAMES[d],
+                        parent=PARENT[d], classid=1, direct_action=True, prio=TC_PRIO)
+        except NetlinkError as exc:
+            code = _err(exc)
+            hint = "run as root or grant CAP_NET_ADMIN" if code == errno.EPERM else (
+                f"another filter uses prio {TC_PRIO} with another protocol; see 'tc filter show dev {name} {d.label}'"
+                if code == errno.EINVAL else "run with -v for details")
+            raise AttachError(f"attaching TC {d.label} to {name} failed: {_libbpf.errno_name(code)}; {hint}") from exc
+        self.attached = True
+
+    def detach(self) -> None:
+        if not self.attached:
+            return
+        self.attached = False
+        f, ours = _our_filter(self.ipr, self.iface.index, self.direction)
+        if f is None or not ours:
+            return
+        try:
+            self.ipr.tc("del-filter", "bpf", self.iface.index, handle=TC_HANDLE, parent=PARENT[self.direction],
+                        prio=TC_PRIO)
+        except NetlinkError as exc:
+            if _err(exc) in (errno.ENODEV, errno.ENOENT, errno.EINVAL):
+                return
+            raise AttachError(f"removing our TC filter from {self.iface.name} failed: {exc}") from exc
+
+
+class Attachments:
+    """Everything we attached to one interface; detaches in reverse order, once.
+
+    Use as a context manager. `notify` receives user-facing notes (stderr).
+    """
+
+    def __init__(self, iface: Interface, notify: Notify | None = None) -> None:
+        self.iface = iface
+        self.notify: Notify = notify or (lambda msg: log.warning("%s", msg))
+        self.ipr = _ipr()
+        self._items: list[_XdpAttachment | _TcAttachment] = []
+        self._created_qdisc = False
+        self.xdp_mode = ""
+
+    def attach_xdp(self, prog_fd: int, mode: str = XdpMode.AUTO) -> str:
+        """Attach XDP; returns the mode used ('native' or 'generic')."""
+        att = _XdpAttachment(self.ipr, self.iface, prog_fd, mode, self.notify)
+        self._items.append(att)
+        self.xdp_mode = att.mode_name
+        return att.mode_name
+
+    def attach_tc(self, direction: Direction, prog_fd: int) -> None:
+        if not self._created_qdisc and not _has_clsact(self.ipr, self.iface.index):
+            try:
+                self.ipr.tc("add", "clsact", self.iface.index)
+                self._created_qdisc = True
+                self._save_state()
+            except NetlinkError as exc:
+                if _err(exc) != errno.EEXIST:
+                    raise AttachError(
+                        f"adding a clsact qdisc to {self.iface.name} failed: {_libbpf.errno_name(_err(exc))}; "
+                        "run as root or grant CAP_NET_ADMIN"
+                    ) from exc
+        self._items.append(_TcAttachment(self.ipr, self.iface, direction, prog_fd, self.notify))
+
+    def _save_state(self) -> None:
+        try:
+            p = _state_file(self.iface.name)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(json.dumps({"ifindex": self.iface.index, "created_clsact": True, "pid": os.getpid()}))
+        except OSError as exc:
+            log.info("cannot record state (%s); a crash would leave an empty clsact qdisc", exc)
+
+    def detach(self) -> None:
+        """Remove what we attached, in reverse order; then our clsact qdisc if nothing else uses it."""
+        errors: list[Exception] = []
+        while self._items:
+            item = self._items.pop()
+            try:
+                item.detach()
+            except (AttachError, NetlinkError, OSError) as exc:
+                errors.append(exc)
+        if self._created_qdisc:
+            self._created_qdisc = False
+            try:
+                _remove_clsact_if_unused(self.ipr, self.iface.index)
+                _state_file(self.iface.name).unlink(missing_ok=True)
+            except (NetlinkError, OSError) as exc:
+                errors.append(exc)
+        self.ipr.close()
+        if errors:
+            raise AttachError(f"detaching from {self.iface.name}: {errors[0]}") from errors[0]
+
+    def __enter__(self) -> Attachments:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.detach()
+
+
+def _remove_clsact_if_unused(ipr: IPRoute, index: int) -> bool:
+    try:
+        if not _has_clsact(ipr, index):
+            return False
+        if any(_filters(ipr, index, d) for d in Direction):
+            return False
+        ipr.tc("del", "clsact", index)
+        return True
+    except NetlinkError as exc:
+        if _err(exc) in (errno.ENODEV, errno.ENOENT, errno.EINVAL):
+            return False
+        raise
+
+
+def _detach_xdp_prog(ipr: IPRoute, index: int, prog_id: int) -> bool:
+    """Detach XDP program `prog_id` from `index` only if it is still the attached one."""
+    lib = _libbpf.get()
+    try:
+        fd = lib.prog_fd_by_id(prog_id)
+    except LibbpfError:
+        return False
+    try:
+        for flag in (XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE):
+            try:
+                ipr.link("set", index=index, xdp={"attrs": [
+                    ("IFLA_XDP_FD", -1), ("IFLA_XDP_FLAGS", XDP_FLAGS_REPLACE | flag), ("IFLA_XDP_EXPECTED_FD", fd)]})
+                return True
+            except NetlinkError:
+                continue
+        return False
+    finally:
+        os.close(fd)
+
+
+def cleanup(ifname: str) -> list[str]:
+    """Remove xtrace-catch leftovers (XDP program, TC filters, and a clsact qdisc a run of
+    ours created) from an interface. Returns what was removed."""
+    iface = get_interface(ifname)
+    removed: list[str] = []
+    with _ipr() as ipr:
+        link = ipr.get_links(iface.index)[0]
+        pid = int(_xdp_attrs(link).get("IFLA_XDP_PROG_ID") or 0)  # type: ignore[call-overload]
+        if pid and _prog_name(pid) in OUR_PROG_NAMES and _detach_xdp_prog(ipr, iface.index, pid):
+            removed.append(f"XDP program id {pid}")
+        if _has_clsact(ipr, iface.index):
+            for d in Direction:
+                f, ours = _our_filter(ipr, iface.index, d)
+                if f is not None and ours:
+                    ipr.tc("del-filter", "bpf", iface.index, handle=TC_HANDLE, parent=PARENT[d], prio=TC_PRIO)
+                    removed.append(f"TC {d.label} filter")
+        state = _state_file(ifname)
+        try:
+            st = json.loads(state.read_text())
+        except (OSError, ValueError):
+            st = {}
+        if st.get("created_clsact") and st.get("ifindex") == iface.index:
+            if _remove_clsact_if_unused(ipr, iface.index):
+                removed.append("clsact qdisc (created by xtrace-catch)")
+        state.unlink(missing_ok=True)
+    return removed

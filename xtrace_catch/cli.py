@@ -1,0 +1,188 @@
+"""Command line (typer). A bare `xtrace-catch [OPTIONS]` means `run`, as the older README shows.
+
+Every user error is one line on stderr and exit code 2; other expected failures (kernel
+refused, attach failed) are one line and exit 1. `-v` shows libbpf's log and tracebacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from . import __version__
+from .errors import LoadError, UsageError, XtraceError
+from .layout import DEFAULT_FLOWS
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="eBPF (XDP/TC) flow monitor for RoCE/InfiniBand GPU clusters.",
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+COMMANDS = ("run", "interfaces", "cleanup", "version")
+_verbose = False
+
+
+def _setup_logging(verbose: bool) -> None:
+    global _verbose
+    _verbose = verbose
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="xtrace-catch: %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not verbose:
+        logging.getLogger("xtrace_catch.libbpf").setLevel(logging.ERROR)
+        logging.getLogger("pyroute2").setLevel(logging.ERROR)
+
+
+@app.command("run")
+def run_cmd(
+    interface: Annotated[str, typer.Option("-i", "--interface", envvar="NETWORK_INTERFACE",
+                                           help="Interface to watch.")] = "eth0",
+    mode: Annotated[str, typer.Option("-m", "--mode", help="xdp (ingress only), tc, rdma, nccl.")] = "xdp",
+    direction: Annotated[Optional[str], typer.Option(
+        "-d", "--direction", help="ingress, egress or both (tc); in rdma/nccl modes: the RDMA device.")] = None,
+    filter_: Annotated[str, typer.Option("-f", "--filter",
+                                         help="all, tcp, udp, roce, roce_v1, roce_v2, ib.")] = "all",
+    interval: Annotated[str, typer.Option("-t", "--interval", help="Interval in ms (100..3600000).")] = "5000",
+    exclude_dns: Annotated[bool, typer.Option("--exclude-dns", help="Drop DNS: port 53 and known DNS servers.")] = False,
+    dns_server: Annotated[Optional[list[str]], typer.Option(
+        "--dns-server", help="Extra DNS server address for --exclude-dns (repeatable).")] = None,
+    output: Annotated[str, typer.Option("--output", help="text or json.")] = "text",
+    count: Annotated[Optional[int], typer.Option("--count", help="Stop after N intervals.")] = None,
+    xdp_mode: Annotated[str, typer.Option("--xdp-mode", help="auto, native or generic (SKB).")] = "auto",
+    idle_timeout: Annotated[float, typer.Option(
+        "--idle-timeout", help="Seconds without packets before a flow leaves the kernel map.")] = 60.0,
+    max_flows: Annotated[int, typer.Option("--max-flows", help="Kernel flow map capacity.")] = DEFAULT_FLOWS,
+    device: Annotated[Optional[str], typer.Option("--device", help="RDMA device (rdma/nccl modes).")] = None,
+    list_: Annotated[bool, typer.Option("-l", "--list", help="List interfaces and exit.")] = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Show libbpf's log and details.")] = False,
+) -> None:
+    """Watch an interface and print its flows every interval.
+
+    Other commands: interfaces (also -l), cleanup -i IF, version (also --version).
+    """
+    _setup_logging(verbose)
+    if list_:
+        _print_interfaces()
+        return
+    from .settings import Mode, Settings
+
+    s = Settings.from_options(
+        interface=interface, mode=mode, direction=direction, filter_=filter_, interval=interval,
+        exclude_dns=exclude_dns, dns_servers=dns_server or [], output=output, count=count, verbose=verbose,
+        xdp_mode=xdp_mode, idle_timeout=idle_timeout, max_flows=max_flows, device=device,
+    )
+    if s.mode in (Mode.RDMA, Mode.NCCL):
+        raise UsageError(f"-m {s.mode.value} is not available in this version yet; use -m xdp or -m tc")
+    if s.output.value == "table":
+        raise UsageError("--output table is not available in this version yet; use text or json")
+    from . import agent
+
+    raise typer.Exit(agent.run(s))
+
+
+def _print_interfaces() -> None:
+    from .attach import list_interfaces
+
+    rows = list_interfaces()
+    print(f"{'INTERFACE':<16}{'STATE':<9}{'LINK':<12}{'MTU':>6}  {'ATTACHED':<34}ADDRESSES")
+    for i in rows:
+        att = ", ".join(([i.xdp] if i.xdp else []) + [f"xtrace tc {d}" for d in i.tc]) or "-"
+        print(f"{i.name:<16}{i.state:<9}{i.link_type:<12}{i.mtu:>6}  {att:<34}{' '.join(i.addresses) or '-'}")
+
+
+@app.command("interfaces")
+def interfaces_cmd(verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False) -> None:
+    """List interfaces: state, link type, MTU, addresses, and what XDP/TC program is attached."""
+    _setup_logging(verbose)
+    _print_interfaces()
+
+
+@app.command("cleanup")
+def cleanup_cmd(
+    interface: Annotated[str, typer.Option("-i", "--interface", envvar="NETWORK_INTERFACE")] = "eth0",
+    verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
+) -> None:
+    """Remove xtrace-catch leftovers (after a crash) from an interface; touches nothing else."""
+    _setup_logging(verbose)
+    from .attach import cleanup
+    from .caps import check_bpf_privileges
+
+    check_bpf_privileges()
+    removed = cleanup(interface)
+    if removed:
+        for r in removed:
+            print(f"removed {r} from {interface}")
+    else:
+        print(f"nothing of xtrace-catch's on {interface}")
+
+
+@app.command("version")
+def version_cmd() -> None:
+    """Print the version, the libbpf in use and the kernel."""
+    print(f"xtrace-catch {__version__}")
+    try:
+        from . import _libbpf
+
+        info = _libbpf.get().info()
+        print(f"libbpf {info.version.lstrip('v')} ({info.source}: {info.path})")
+    except XtraceError as exc:
+        print(f"libbpf: not usable: {exc}")
+    print(f"kernel {platform.release()}")
+
+
+def _route(argv: list[str]) -> list[str]:
+    """Map the older command forms onto subcommands."""
+    if not argv:
+        return ["run"]
+    first = argv[0]
+    if first in COMMANDS:
+        return argv
+    if first in ("--version", "-V"):
+        return ["version"]
+    if first in ("-l", "--list"):
+        return ["interfaces", *argv[1:]]
+    return ["run", *argv]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _route(list(sys.argv[1:] if argv is None else argv))
+    try:
+        rc = app(args=args, prog_name="xtrace-catch", standalone_mode=False)
+        return int(rc or 0)
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except typer.Abort:
+        return 130
+    except LoadError as exc:
+        print(f"xtrace-catch: error: {exc}", file=sys.stderr)
+        if _verbose and exc.log:
+            print(exc.log, file=sys.stderr)
+        return exc.exit_code
+    except XtraceError as exc:
+        print(f"xtrace-catch: error: {exc}", file=sys.stderr)
+        if _verbose:
+            logging.getLogger(__name__).debug("details", exc_info=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        # typer's (vendored or external) click raises UsageError subclasses with
+        # exit_code 2 and format_message(); match them by shape across versions.
+        if getattr(exc, "exit_code", None) == 2 and hasattr(exc, "format_message"):
+            print(f"xtrace-catch: error: {exc.format_message()}; see 'xtrace-catch {args[0]} -h'", file=sys.stderr)
+            return 2
+        if type(exc).__name__ == "Exit" and hasattr(exc, "exit_code"):
+            return int(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Turn an Interval into the contract's text lines and JSON records (DESIGN.md). Pure functions."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from .collector import Interval, V
+from .layout import Direction, TrafficType
+
+__all__ = ["FlowRow", "decode_flows", "text_line", "json_record", "summary", "summary_text", "rfc3339", "addr_text"]
+
+ETH_P_IP, ETH_P_IPV6, ETH_P_ROCE = 0x0800, 0x86DD, 0x8915
+_V4MAPPED = b"\0" * 10 + b"\xff\xff"
+_OPS = ("op_send", "op_write", "op_read_req", "op_read_resp", "op_ack", "op_atomic", "op_other")
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def addr_text(raw: bytes, eth_proto: int) -> str:
+    """A 16-byte key address as text: v4-mapped as IPv4; '' for non-IP frames."""
+    if eth_proto not in (ETH_P_IP, ETH_P_IPV6, ETH_P_ROCE):
+        return ""
+    if raw[:12] == _V4MAPPED:
+        return str(ipaddress.IPv4Address(raw[12:]))
+    return str(ipaddress.IPv6Address(raw))
+
+
+@dataclass(frozen=True)
+class FlowRow:
+    """One flow in one interval, decoded."""
+
+    src_ip: str
+    dst_ip: str
+    src_port: int
+    dst_port: int
+    protocol: int
+    traffic_type: TrafficType
+    direction: Direction
+    eth_proto: int
+    vlan_id: int
+    dst_qp: int
+    delta: tuple[int, ...]
+    totals: tuple[int, ...]
+
+    def d(self, name: str) -> int:
+        return self.delta[V[name]]
+
+    def t(self, name: str) -> int:
+        return self.totals[V[name]]
+
+    @property
+    def is_roce(self) -> bool:
+        return self.traffic_type in (TrafficType.ROCE_V1, TrafficType.ROCE_V2)
+
+
+def decode_flows(keys: np.ndarray, delta: np.ndarray, totals: np.ndarray) -> list[FlowRow]:
+    """FLOW_KEY records plus their counter rows -> FlowRows, in the same order."""
+    rows = []
+    for k, d, t in zip(keys, delta.tolist(), totals.tolist()):
+        ep = int(k["eth_proto"])
+        rows.append(FlowRow(
+            src_ip=addr_text(k["src_addr"].tobytes(), ep), dst_ip=addr_text(k["dst_addr"].tobytes(), ep),
+            src_port=int(k["src_port"]), dst_port=int(k["dst_port"]), protocol=int(k["protocol"]),
+            traffic_type=TrafficType(int(k["traffic_type"])) if int(k["traffic_type"]) in TrafficType._value2member_map_
+            else TrafficType.OTHER,
+            direction=Direction(int(k["direction"]) & 1), eth_proto=ep, vlan_id=int(k["vlan_id"]),
+            dst_qp=int(k["dst_qp"]), delta=tuple(d), totals=tuple(t),
+        ))
+    return rows
+
+
+def _endpoint(ip: str, port: int) -> str:
+    if not ip:
+        return "-"
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def text_line(r: FlowRow, host_ip: str) -> str:
+    """`src:port -> dst:port proto=N [Type] packets=N bytes=N host_ip=X` + extra fields."""
+    line = (f"{_endpoint(r.src_ip, r.src_port)} -> {_endpoint(r.dst_ip, r.dst_port)} proto={r.protocol} "
+            f"[{r.traffic_type.label}] packets={r.d('packets')} bytes={r.d('bytes')} host_ip={host_ip}")
+    extra = [f"dir={r.direction.label}"]
+    if r.is_roce:
+        extra.append(f"qp={r.dst_qp:#08x}")
+    if r.d("ecn_ce"):
+        extra.append(f"ecn_ce={r.d('ecn_ce')}")
+    if r.d("cnp"):
+        extra.append(f"cnp={r.d('cnp')}")
+    if r.vlan_id:
+        extra.append(f"vlan={r.vlan_id}")
+    if r.d("fragments"):
+        extra.append(f"frags={r.d('fragments')}")
+    if not r.src_ip:
+        extra.append(f"ethertype={r.eth_proto:#06x}")
+    return line + " " + " ".join(extra)
+
+
+def json_record(r: FlowRow, ts: float, interface: str, host_ip: str) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "time": rfc3339(ts), "interface": interface, "direction": r.direction.label,
+        "src_ip": r.src_ip, "dst_ip": r.dst_ip, "src_port": r.src_port, "dst_port": r.dst_port,
+        "protocol": r.protocol, "traffic_type": r.traffic_type.json_name,
+        "packets": r.d("packets"), "bytes": r.d("bytes"),
+        "packets_total": r.t("packets"), "bytes_total": r.t("bytes"), "host_ip": host_ip,
+        "ecn_ce": r.d("ecn_ce"), "ethertype": r.eth_proto, "vlan": r.vlan_id, "fragments": r.d("fragments"),
+    }
+    if r.is_roce:
+        rec["dst_qp"] = r.dst_qp
+        rec["cnp"] = r.d("cnp")
+        rec["opcode"] = {name[3:]: r.d(name) for name in _OPS}
+    return rec
+
+
+def summary(iv: Interval, interface: str, capacity: int) -> dict[str, Any]:
+    """The interval summary record (`"record": "summary"`)."""
+    s, st = iv.stats_delta, iv.stats_total
+    return {
+        "record": "summary", "time": rfc3339(iv.time), "interface": interface, "interval": iv.seq,
+        "elapsed_s": round(iv.elapsed, 3), "active_flows": len(iv.keys), "tracked_flows": iv.flows_tracked,
+        "map_capacity": capacity, "evicted_flows": iv.evicted,
+        "packets_seen": s["seen"], "bytes_seen": s["seen_bytes"],
+        "packets_counted": s["counted"], "bytes_counted": s["counted_bytes"],
+        "packets_filtered": s["filtered"], "packets_truncated": s["truncated"],
+        "packets_overflowed": s["overflowed"], "bytes_overflowed": s["overflowed_bytes"],
+        "packets_seen_total": st["seen"], "packets_overflowed_total": st["overflowed"],
+        "packets_truncated_total": st["truncated"], "packets_filtered_total": st["filtered"],
+    }
+
+
+def summary_text(rec: dict[str, Any]) -> str:
+    line = (f"--- interval {rec['interval']} on {rec['interface']}: {rec['active_flows']} flows, "
+            f"{rec['packets_counted']} packets, {rec['bytes_counted']} bytes; "
+            f"filtered={rec['packets_filtered']} truncated={rec['packets_truncated']} "
+            f"overflowed={rec['packets_overflowed']} tracked={rec['tracked_flows']}/{rec['map_capacity']}")
+    if rec["packets_overflowed"]:
+        line += " (flow map FULL: overflowed packets are counted per type only)"
+    return line
+
+
+def dumps(rec: dict[str, Any]) -> str:
+    return json.dumps(rec, separators=(",", ":"))
