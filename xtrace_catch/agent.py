@@ -10,11 +10,13 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 from . import attach, output
 from .caps import check_bpf_privileges
 from .collector import Collector, Interval
+from .metrics import Batch, MetricsConfig, SeriesTable, render_text
 from .datapath import PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, Datapath, DatapathConfig, default_dns_servers
 from .layout import Direction, LinkType
 from .settings import Mode, Output, Settings
@@ -23,6 +25,7 @@ __all__ = ["run", "host_ip_for"]
 
 log = logging.getLogger(__name__)
 TC_PROGS = {Direction.INGRESS: PROG_TC_INGRESS, Direction.EGRESS: PROG_TC_EGRESS}
+output_notify = Callable[[str], None]
 
 
 def host_ip_for(iface: attach.Interface) -> str:
@@ -101,15 +104,122 @@ def run(settings: Settings, out: TextIO = sys.stdout, err: TextIO = sys.stderr) 
                        "hardware RoCE bypass the kernel: use -m rdma for the NIC's counters")
             collector = Collector(dp, idle_timeout=settings.idle_timeout_s)
             emitter = Emitter(settings, iface.name, host_ip, settings.max_flows, out)
-            asyncio.run(_loop(settings, collector, emitter))
+            export = Export(settings, iface.name, host_ip, collector) if settings.export.any else None
+            asyncio.run(_loop(settings, collector, emitter, export, notify))
     return 0
 
 
-async def _loop(settings: Settings, collector: Collector, emitter: Emitter) -> None:
+class Export:
+    """Metric series for push and pull, fed once per interval."""
+
+    def __init__(self, settings: Settings, iface: str, host_ip: str, collector: Collector) -> None:
+        x = settings.export
+        self.settings, self.collector = settings, collector
+        self.labels = {"interface": iface, "host_ip": host_ip, "collect_agg": x.collect_agg}
+        self.table = SeriesTable(MetricsConfig(interface=iface, host_ip=host_ip, collect_agg=x.collect_agg,
+                                               max_series=x.max_series, drop_ephemeral_ports=x.drop_ephemeral_ports))
+        self.latest: Batch | None = None
+        self.pusher = None
+        self.server = None
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, notify: output_notify) -> None:
+        x = self.settings.export
+        if x.vm_enabled:
+            from .exporter import Pusher
+
+            self.pusher = Pusher(x.vm_url, self.table, x.credentials, insecure=x.insecure,
+                                 timeout=x.push_timeout_s, buffer_samples=x.push_buffer_samples)
+            self._task = asyncio.create_task(self.pusher.run(self._stop))
+            notify(f"pushing metrics to {x.vm_url} ({self.pusher.format.value})")
+        if x.metrics_addr is not None:
+            from .metrics_server import MetricsServer
+
+            self.server = MetricsServer(x.metrics_addr[0], x.metrics_addr[1], self.render)
+            await self.server.start()
+            notify(f"serving /metrics on {x.metrics_addr[0]}:{self.server.port}")
+
+    def render(self) -> str:
+        if self.latest is None:
+            return ""
+        return render_text(self.table, self.latest, with_timestamps=False, with_meta=True)
+
+    def batch(self, iv: Interval) -> Batch:
+        """Runs in the worker thread, right after collect()."""
+        b = self.table.batch(iv)
+        b.health = self._health(iv)
+        return b
+
+    def publish(self, b: Batch) -> None:
+        self.latest = b
+        oldest = b.seq
+        if self.pusher is not None:
+            self.pusher.enqueue(b)
+            oldest = min(oldest, self.pusher.oldest_seq or oldest)
+        self.table.prune(oldest)
+
+    def _health(self, iv: Interval) -> list[tuple[str, str, str, dict[str, str], float]]:
+        L = self.labels
+        st = iv.stats_total
+        h: list[tuple[str, str, str, dict[str, str], float]] = [
+            ("xtrace_agent_flows_tracked", "gauge", "Flows in the kernel map.", L, iv.flows_tracked),
+            ("xtrace_agent_map_capacity", "gauge", "Capacity of the kernel flow map.", L, self.settings.max_flows),
+            ("xtrace_agent_map_full", "gauge", "1 when packets overflowed the flow map in the last interval.", L,
+             1 if iv.stats_delta["overflowed"] else 0),
+            ("xtrace_agent_packets_seen_total", "counter", "Packets the programs saw.", L, st["seen"]),
+            ("xtrace_agent_packets_counted_total", "counter", "Packets counted in flows.", L, st["counted"]),
+            ("xtrace_agent_packets_filtered_total", "counter", "Packets dropped by filter or DNS exclusion.", L,
+             st["filtered"]),
+            ("xtrace_agent_packets_truncated_total", "counter", "Packets with truncated/unparsable headers.", L,
+             st["truncated"]),
+            ("xtrace_agent_packets_overflowed_total", "counter", "Packets counted in the overflow table (map full).",
+             L, st["overflowed"]),
+            ("xtrace_agent_flows_evicted_total", "counter", "Idle flows removed from the kernel map.", L,
+             self.collector.evicted_total),
+            ("xtrace_agent_collect_duration_seconds", "gauge", "Time the last collection took.", L,
+             round(iv.collect_seconds, 6)),
+            ("xtrace_agent_series", "gauge", "Metric series held by the agent.", L, len(self.table)),
+        ]
+        if self.pusher is not None:
+            ps = self.pusher.stats
+            h += [
+                ("xtrace_agent_push_successes_total", "counter", "Successful pushes.", L, ps.successes),
+                ("xtrace_agent_push_failures_total", "counter", "Failed push attempts.", L, ps.failures),
+                ("xtrace_agent_push_retries_total", "counter", "Push retries after a failure.", L, ps.retries),
+                ("xtrace_agent_samples_dropped_total", "counter", "Samples dropped (buffer full or refused).", L,
+                 ps.samples_dropped),
+                ("xtrace_agent_push_buffer_samples", "gauge", "Samples waiting to be pushed.", L,
+                 self.pusher.queued_samples),
+                ("xtrace_agent_last_push_timestamp_seconds", "gauge", "Wall-clock time of the last successful push.",
+                 L, round(ps.last_success, 3)),
+            ]
+        return h
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+        if self.pusher is not None:
+            await self.pusher.drain(deadline_s=5.0)
+            await self.pusher.aclose()
+        if self.server is not None:
+            await self.server.close()
+
+
+async def _loop(settings: Settings, collector: Collector, emitter: Emitter, export: Export | None,
+                notify: output_notify) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+
+    def step() -> tuple[Interval, Batch | None]:
+        iv = collector.collect()
+        return iv, (export.batch(iv) if export is not None else None)
+
+    if export is not None:
+        await export.start(notify)
     try:
         period = settings.interval_ms / 1000.0
         next_at = loop.time() + period
@@ -119,7 +229,9 @@ async def _loop(settings: Settings, collector: Collector, emitter: Emitter) -> N
                 await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_at - loop.time()))
             except TimeoutError:
                 pass
-            iv = await asyncio.to_thread(collector.collect)
+            iv, batch = await asyncio.to_thread(step)
+            if export is not None and batch is not None:
+                export.publish(batch)
             emitter.emit(iv)
             done += 1
             if stop.is_set() or (settings.count is not None and done >= settings.count):
@@ -130,3 +242,5 @@ async def _loop(settings: Settings, collector: Collector, emitter: Emitter) -> N
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        if export is not None:
+            await export.stop()

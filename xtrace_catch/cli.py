@@ -16,6 +16,7 @@ import typer
 from . import __version__
 from .errors import LoadError, UsageError, XtraceError
 from .layout import DEFAULT_FLOWS
+from .settings import DEFAULT_VM_URL, ExportSettings
 
 __all__ = ["app", "main"]
 
@@ -61,6 +62,29 @@ def run_cmd(
         "--idle-timeout", help="Seconds without packets before a flow leaves the kernel map.")] = 60.0,
     max_flows: Annotated[int, typer.Option("--max-flows", help="Kernel flow map capacity.")] = DEFAULT_FLOWS,
     device: Annotated[Optional[str], typer.Option("--device", help="RDMA device (rdma/nccl modes).")] = None,
+    vm_enabled: Annotated[Optional[bool], typer.Option(
+        "--vm-enabled/--vm-disabled", help="Push to VictoriaMetrics [env VICTORIAMETRICS_ENABLED, default false].",
+        show_default=False)] = None,
+    vm_url: Annotated[str, typer.Option(
+        "--vm-url", envvar="VICTORIAMETRICS_REMOTE_WRITE",
+        help="Push URL: .../api/v1/write (remote write) or .../api/v1/import/prometheus (text).")] = DEFAULT_VM_URL,
+    collect_agg: Annotated[str, typer.Option("--collect-agg", envvar="COLLECT_AGG",
+                                             help="Value of the collect_agg label.")] = "default",
+    vm_username: Annotated[Optional[str], typer.Option(
+        "--vm-username", help="Basic auth user [env VM_USERNAME; password from VM_PASSWORD(_FILE)].")] = None,
+    vm_password_file: Annotated[Optional[str], typer.Option(
+        "--vm-password-file", help="File holding the basic auth password [env VM_PASSWORD_FILE].")] = None,
+    vm_bearer_token_file: Annotated[Optional[str], typer.Option(
+        "--vm-bearer-token-file", help="File holding a bearer token [env VM_BEARER_TOKEN(_FILE)].")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Skip TLS certificate verification.")] = False,
+    push_buffer_samples: Annotated[int, typer.Option(
+        "--push-buffer-samples", help="Samples kept while VictoriaMetrics is unreachable.")] = 3_000_000,
+    max_series: Annotated[Optional[int], typer.Option(
+        "--max-series", help="Export the top N flows by bytes; fold the rest into 'other' per type/direction.")] = None,
+    drop_ephemeral_ports: Annotated[bool, typer.Option(
+        "--drop-ephemeral-ports", help="Label ephemeral (client) ports as 'ephemeral'.")] = False,
+    metrics_addr: Annotated[Optional[str], typer.Option(
+        "--metrics-addr", help="Serve Prometheus /metrics on HOST:PORT.")] = None,
     list_: Annotated[bool, typer.Option("-l", "--list", help="List interfaces and exit.")] = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Show libbpf's log and details.")] = False,
 ) -> None:
@@ -74,10 +98,12 @@ def run_cmd(
         return
     from .settings import Mode, Settings
 
+    export = _export_settings(vm_enabled, vm_url, collect_agg, vm_username, vm_password_file, vm_bearer_token_file,
+                              insecure, push_buffer_samples, max_series, drop_ephemeral_ports, metrics_addr)
     s = Settings.from_options(
         interface=interface, mode=mode, direction=direction, filter_=filter_, interval=interval,
         exclude_dns=exclude_dns, dns_servers=dns_server or [], output=output, count=count, verbose=verbose,
-        xdp_mode=xdp_mode, idle_timeout=idle_timeout, max_flows=max_flows, device=device,
+        xdp_mode=xdp_mode, idle_timeout=idle_timeout, max_flows=max_flows, device=device, export=export,
     )
     if s.mode in (Mode.RDMA, Mode.NCCL):
         raise UsageError(f"-m {s.mode.value} is not available in this version yet; use -m xdp or -m tc")
@@ -86,6 +112,36 @@ def run_cmd(
     from . import agent
 
     raise typer.Exit(agent.run(s))
+
+
+def _export_settings(vm_enabled: bool | None, vm_url: str, collect_agg: str, vm_username: str | None,
+                     vm_password_file: str | None, vm_bearer_token_file: str | None, insecure: bool,
+                     push_buffer_samples: int, max_series: int | None, drop_ephemeral_ports: bool,
+                     metrics_addr: str | None) -> ExportSettings:
+    """Validate the export options (and their environment variables) before anything starts."""
+    import os
+
+    from .exporter import classify_url
+    from .metrics_server import parse_addr
+    from .settings import Credentials, parse_bool
+
+    env = dict(os.environ)
+    enabled = vm_enabled if vm_enabled is not None else parse_bool(env.get("VICTORIAMETRICS_ENABLED", "false"),
+                                                                   "VICTORIAMETRICS_ENABLED")
+    if enabled:
+        classify_url(vm_url)
+    creds = Credentials.from_sources(env, vm_username, vm_password_file, vm_bearer_token_file)
+    if not collect_agg.strip():
+        raise UsageError("collect_agg (COLLECT_AGG / --collect-agg) must not be empty")
+    if push_buffer_samples < 1000:
+        raise UsageError(f"--push-buffer-samples {push_buffer_samples}: give at least 1000")
+    if max_series is not None and max_series < 1:
+        raise UsageError(f"--max-series {max_series}: give a number >= 1")
+    return ExportSettings(
+        vm_enabled=enabled, vm_url=vm_url.strip(), collect_agg=collect_agg.strip(), credentials=creds,
+        insecure=insecure, push_buffer_samples=push_buffer_samples, max_series=max_series,
+        drop_ephemeral_ports=drop_ephemeral_ports, metrics_addr=parse_addr(metrics_addr) if metrics_addr else None,
+    )
 
 
 def _print_interfaces() -> None:

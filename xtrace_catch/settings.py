@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from .errors import UsageError
 from .layout import DEFAULT_FLOWS, Direction, Filter
 
-__all__ = ["Mode", "Output", "DirectionChoice", "Settings", "INTERVAL_MIN_MS", "INTERVAL_MAX_MS"]
+__all__ = ["Mode", "Output", "DirectionChoice", "Settings", "ExportSettings", "Credentials", "parse_bool",
+           "INTERVAL_MIN_MS", "INTERVAL_MAX_MS", "DEFAULT_VM_URL"]
 
 INTERVAL_MIN_MS = 100
 INTERVAL_MAX_MS = 3_600_000
@@ -48,6 +49,80 @@ def _choice(enum_cls: type[enum.Enum], value: str, what: str) -> enum.Enum:
         raise UsageError(f"unknown {what} {value!r}; choose one of: {allowed}") from None
 
 
+DEFAULT_VM_URL = "http://localhost:8428/api/v1/import/prometheus"
+
+
+def parse_bool(value: str, what: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise UsageError(f"{what}={value!r} is not a boolean; use true or false")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Basic auth or a bearer token for pushing. repr() never shows secrets."""
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    bearer_token: str | None = field(default=None, repr=False)
+
+    @staticmethod
+    def read_secret(path: str, what: str) -> str:
+        try:
+            with open(path) as fh:
+                return fh.read().strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read {what} file {path!r}: {exc.strerror}; check the path and permissions") from None
+
+    @classmethod
+    def from_sources(cls, env: dict[str, str], username: str | None, password_file: str | None,
+                     token_file: str | None) -> Credentials | None:
+        """Options first, then VM_USERNAME / VM_PASSWORD(_FILE) / VM_BEARER_TOKEN(_FILE)."""
+        token = None
+        tf = token_file or env.get("VM_BEARER_TOKEN_FILE")
+        if tf:
+            token = cls.read_secret(tf, "bearer token")
+        elif env.get("VM_BEARER_TOKEN"):
+            token = env["VM_BEARER_TOKEN"]
+        user = username or env.get("VM_USERNAME")
+        password = None
+        pf = password_file or env.get("VM_PASSWORD_FILE")
+        if pf:
+            password = cls.read_secret(pf, "password")
+        elif env.get("VM_PASSWORD"):
+            password = env["VM_PASSWORD"]
+        if password is not None and user is None:
+            raise UsageError("a VictoriaMetrics password was given without a user name; set --vm-username or VM_USERNAME")
+        if token and user:
+            raise UsageError("give either basic auth (VM_USERNAME) or a bearer token, not both")
+        if token is None and user is None:
+            return None
+        return cls(username=user, password=password, bearer_token=token)
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """Where metrics go (push, pull) and how many series they may make."""
+
+    vm_enabled: bool = False
+    vm_url: str = DEFAULT_VM_URL
+    collect_agg: str = "default"
+    credentials: Credentials | None = None
+    insecure: bool = False
+    push_buffer_samples: int = 3_000_000
+    push_timeout_s: float = 10.0
+    max_series: int | None = None
+    drop_ephemeral_ports: bool = False
+    metrics_addr: tuple[str, int] | None = None
+
+    @property
+    def any(self) -> bool:
+        return self.vm_enabled or self.metrics_addr is not None
+
+
 @dataclass(frozen=True)
 class Settings:
     interface: str = "eth0"
@@ -64,11 +139,13 @@ class Settings:
     idle_timeout_s: float = 60.0
     max_flows: int = DEFAULT_FLOWS
     device: str | None = None
+    export: ExportSettings = field(default_factory=ExportSettings)
 
     @classmethod
     def from_options(cls, *, interface: str, mode: str, direction: str | None, filter_: str, interval: str,
                      exclude_dns: bool, dns_servers: list[str], output: str, count: int | None, verbose: bool,
-                     xdp_mode: str, idle_timeout: float, max_flows: int, device: str | None) -> Settings:
+                     xdp_mode: str, idle_timeout: float, max_flows: int, device: str | None,
+                     export: ExportSettings | None = None) -> Settings:
         """Validate raw option strings; UsageError names the bad value and the fix."""
         m = _choice(Mode, mode, "mode")
         assert isinstance(m, Mode)
@@ -117,4 +194,4 @@ class Settings:
             addr16(s)
         return cls(interface=interface, mode=m, direction=d, filter=f, interval_ms=ivl, exclude_dns=exclude_dns,
                    dns_servers=tuple(dns_servers), output=out, count=count, verbose=verbose, xdp_mode=xdp_mode,
-                   idle_timeout_s=idle_timeout, max_flows=max_flows, device=dev)
+                   idle_timeout_s=idle_timeout, max_flows=max_flows, device=dev, export=export or ExportSettings())

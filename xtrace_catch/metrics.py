@@ -1,0 +1,243 @@
+"""From intervals to metric series: labels, aggregation, cardinality control, text exposition. Pure.
+
+Series contract (DESIGN.md): per flow label set, counters ``xtrace_network_bytes_total`` and
+``xtrace_network_packets_total`` (since start) and gauges ``xtrace_network_flow_bytes`` and
+``xtrace_network_flow_packets`` (last interval). Flows whose label sets coincide (they
+differ only in something not exported, e.g. VLAN, or were folded by a cardinality option)
+are summed into one series: no push ever carries one label set twice.
+
+Label strings are built once per flow and cached; per interval the work is numpy over
+series ids. A :class:`Batch` is numbers only (ids + values), so buffering during an
+outage costs ~40 bytes per series, not its text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .collector import Interval, V
+from .layout import Direction, TrafficType
+from .output import addr_text
+
+__all__ = [
+    "FLOW_METRICS",
+    "MetricsConfig",
+    "Batch",
+    "SeriesTable",
+    "escape_label",
+    "render_text",
+]
+
+# name, type, help, column in the batch's values
+FLOW_METRICS = (
+    ("xtrace_network_bytes_total", "counter", "Bytes of the flow since the agent started (wire bytes).", 0),
+    ("xtrace_network_packets_total", "counter", "Packets of the flow since the agent started.", 1),
+    ("xtrace_network_flow_bytes", "gauge", "Bytes of the flow in the last interval.", 2),
+    ("xtrace_network_flow_packets", "gauge", "Packets of the flow in the last interval.", 3),
+)
+LABELS = ("src_ip", "dst_ip", "src_port", "dst_port", "protocol", "traffic_type", "direction",
+          "interface", "host_ip", "collect_agg")
+EPHEMERAL_MIN = 32768
+OTHER = "other"
+
+
+def escape_label(v: str) -> str:
+    """Exposition-format label value escaping: backslash, double quote, newline."""
+    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    interface: str
+    host_ip: str
+    collect_agg: str = "default"
+    max_series: int | None = None  # flows exported individually; the rest fold into `other`
+    drop_ephemeral_ports: bool = False
+
+
+@dataclass
+class Batch:
+    """One interval's flow samples: series ids and their 4 values each."""
+
+    seq: int
+    ts_ms: int
+    ids: np.ndarray  # (S,) int64 series ids
+    values: np.ndarray  # (S, 4) uint64: bytes_total, packets_total, flow_bytes, flow_packets
+    # the agent's own samples: (name, type, help, labels, value)
+    health: list[tuple[str, str, str, dict[str, str], float]] = field(default_factory=list)
+
+    @property
+    def samples(self) -> int:
+        return int(self.ids.shape[0]) * len(FLOW_METRICS) + len(self.health)
+
+
+class SeriesTable:
+    """Maps flows to label sets and label sets to series ids; keeps label text per series."""
+
+    def __init__(self, cfg: MetricsConfig) -> None:
+        self.cfg = cfg
+        self._flow_series: dict[bytes, int] = {}  # flow key -> series id
+        self._ids: dict[tuple[str, ...], int] = {}  # label values -> series id
+        self.labels: dict[int, tuple[str, ...]] = {}  # series id -> label values
+        self._text: dict[int, str] = {}  # series id -> rendered `k="v",...`
+        self._last_seq: dict[int, int] = {}
+        self._selected: set[bytes] = set()  # flows exported individually (sticky under max_series)
+        self._other_acc: dict[int, np.ndarray] = {}  # `other` series id -> accumulated totals
+        self._next = 0
+
+    def _series_id(self, values: tuple[str, ...]) -> int:
+        sid = self._ids.get(values)
+        if sid is None:
+            sid = self._next
+            self._next += 1
+            self._ids[values] = sid
+            self.labels[sid] = values
+        return sid
+
+    def _flow_labels(self, key: np.void) -> tuple[str, ...]:
+        ep = int(key["eth_proto"])
+        t = int(key["traffic_type"])
+        tt = TrafficType(t) if t in TrafficType._value2member_map_ else TrafficType.OTHER
+        sport, dport = int(key["src_port"]), int(key["dst_port"])
+        sp, dp = str(sport), str(dport)
+        if self.cfg.drop_ephemeral_ports and tt in (TrafficType.TCP, TrafficType.UDP, TrafficType.ROCE_V2):
+            # Keep the service side; an ephemeral client port says nothing and costs a series each.
+            if sport >= EPHEMERAL_MIN or (sport > dport and sport >= 1024):
+                sp = "ephemeral"
+            elif dport >= EPHEMERAL_MIN or (dport > sport and dport >= 1024):
+                dp = "ephemeral"
+        vals = (
+            addr_text(key["src_addr"].tobytes(), ep), addr_text(key["dst_addr"].tobytes(), ep), sp, dp,
+            str(int(key["protocol"])), tt.json_name, Direction(int(key["direction"]) & 1).label,
+            self.cfg.interface, self.cfg.host_ip, self.cfg.collect_agg,
+        )
+        if tt in (TrafficType.ROCE_V1, TrafficType.ROCE_V2):
+            vals = (*vals, str(int(key["dst_qp"])))
+        return vals
+
+    def _other_labels(self, key: np.void) -> tuple[str, ...]:
+        t = int(key["traffic_type"])
+        tt = TrafficType(t) if t in TrafficType._value2member_map_ else TrafficType.OTHER
+        return (OTHER, OTHER, OTHER, OTHER, OTHER, tt.json_name, Direction(int(key["direction"]) & 1).label,
+                self.cfg.interface, self.cfg.host_ip, self.cfg.collect_agg)
+
+    def label_text(self, sid: int) -> str:
+        t = self._text.get(sid)
+        if t is None:
+            vals = self.labels[sid]
+            names = LABELS + (("dst_qp",) if len(vals) > len(LABELS) else ())
+            t = ",".join(f'{n}="{escape_label(v)}"' for n, v in zip(names, vals))
+            self._text[sid] = t
+        return t
+
+    def batch(self, iv: Interval) -> Batch:
+        """The interval's flow samples, aggregated per label set."""
+        keys, totals, delta = iv.all_keys, iv.all_totals, iv.all_delta
+        n = len(keys)
+        raw = np.ascontiguousarray(keys).view(f"S{keys.dtype.itemsize}").reshape(-1) if n else []
+        cap = self.cfg.max_series
+        if cap is not None:
+            live = {bytes(k).ljust(keys.dtype.itemsize, b"\0") for k in raw}
+            self._selected &= live
+            if len(self._selected) < cap:
+                order = np.argsort(-totals[:, V["bytes"]].astype(np.float64), kind="stable") if n else []
+                for i in order:
+                    if len(self._selected) >= cap:
+                        break
+                    self._selected.add(bytes(raw[i]).ljust(keys.dtype.itemsize, b"\0"))
+        ids = np.empty(n, dtype=np.int64)
+        is_other = np.zeros(n, dtype=bool)
+        fs = self._flow_series
+        for i in range(n):
+            kb = bytes(raw[i]).ljust(keys.dtype.itemsize, b"\0")
+            if cap is not None and kb not in self._selected:
+                ids[i] = self._series_id(self._other_labels(keys[i]))
+                is_other[i] = True
+                continue
+            sid = fs.get(kb)
+            if sid is None:
+                sid = fs[kb] = self._series_id(self._flow_labels(keys[i]))
+            ids[i] = sid
+        cols = np.stack([totals[:, V["bytes"]], totals[:, V["packets"]], delta[:, V["bytes"]],
+                         delta[:, V["packets"]]], axis=1).astype(np.uint64) if n else np.zeros((0, 4), np.uint64)
+        # `other` counters accumulate the deltas of whatever is folded, so they only grow.
+        if is_other.any():
+            for sid in np.unique(ids[is_other]):
+                m = ids == sid
+                acc = self._other_acc.setdefault(int(sid), np.zeros(2, dtype=np.uint64))
+                acc += cols[m][:, 2:4].sum(axis=0, dtype=np.uint64)
+                cols[m, 0:2] = 0
+                first = np.flatnonzero(m)[0]
+                cols[first, 0:2] = acc
+        # Packets that found the kernel map full: one series per type and direction, so totals add up.
+        ot, od = iv.overflow_total, iv.overflow_delta
+        for d in range(ot.shape[0]):
+            for t in range(ot.shape[1]):
+                if ot[d, t, V["packets"]]:
+                    tt = TrafficType(t) if t in TrafficType._value2member_map_ else TrafficType.OTHER
+                    sid = self._series_id(("overflow",) * 5 + (tt.json_name, Direction(d).label, self.cfg.interface,
+                                                             self.cfg.host_ip, self.cfg.collect_agg))
+                    ids = np.append(ids, sid)
+                    row = np.array([[ot[d, t, V["bytes"]], ot[d, t, V["packets"]], od[d, t, V["bytes"]],
+                                     od[d, t, V["packets"]]]], dtype=np.uint64)
+                    cols = np.concatenate([cols, row])
+        n = len(ids)
+        uniq, inv = np.unique(ids, return_inverse=True) if n else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        agg = np.zeros((len(uniq), 4), dtype=np.uint64)
+        np.add.at(agg, inv, cols)
+        for sid in uniq.tolist():
+            self._last_seq[sid] = iv.seq
+        # Flows gone from the kernel map no longer need their flow->series entry.
+        if len(fs) > 2 * max(n, 1024):
+            live_keys = {bytes(k).ljust(keys.dtype.itemsize, b"\0") for k in raw}
+            for k in [k for k in fs if k not in live_keys]:
+                del fs[k]
+        return Batch(seq=iv.seq, ts_ms=int(iv.time * 1000), ids=uniq.astype(np.int64), values=agg)
+
+    def prune(self, oldest_needed_seq: int) -> None:
+        """Forget label sets unused since before `oldest_needed_seq` (no buffered batch needs them)."""
+        stale = [sid for sid, seq in self._last_seq.items() if seq < oldest_needed_seq and sid not in self._other_acc]
+        for sid in stale:
+            del self._last_seq[sid]
+            vals = self.labels.pop(sid)
+            self._ids.pop(vals, None)
+            self._text.pop(sid, None)
+        if stale:
+            dead = set(stale)
+            for k in [k for k, s in self._flow_series.items() if s in dead]:
+                del self._flow_series[k]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def render_text(table: SeriesTable, batch: Batch, with_timestamps: bool, with_meta: bool,
+                common: dict[str, str] | None = None) -> str:
+    """Prometheus exposition text of a batch (+ its health samples).
+
+    Push (VictoriaMetrics import) uses millisecond timestamps; /metrics uses none plus
+    HELP/TYPE lines."""
+    ts = f" {batch.ts_ms}" if with_timestamps else ""
+    out: list[str] = []
+    texts = [table.label_text(int(s)) for s in batch.ids]
+    for name, mtype, help_, col in FLOW_METRICS:
+        if with_meta:
+            out.append(f"# HELP {name} {help_}\n# TYPE {name} {mtype}\n")
+        vals = batch.values[:, col].tolist()
+        out.append("".join(f"{name}{{{t}}} {v}{ts}\n" for t, v in zip(texts, vals)))
+    seen: set[str] = set()
+    for name, mtype, help_, labels, value in batch.health:
+        if with_meta and name not in seen:
+            seen.add(name)
+            out.append(f"# HELP {name} {help_}\n# TYPE {name} {mtype}\n")
+        lab = ",".join(f'{k}="{escape_label(v)}"' for k, v in labels.items())
+        out.append(f"{name}{{{lab}}} {_num(value)}{ts}\n")
+    return "".join(out)
+
+
+def _num(v: float) -> str:
+    if float(v).is_integer():
+        return str(int(v))
+    return repr(float(v))
