@@ -94,6 +94,7 @@ struct pkt_info {
 	__s32 opcode;   /* BTH opcode, -1 when not RoCE */
 	__u8 ecn_ce;
 	__u8 fragment;  /* non-first fragment */
+	__u8 vlan_seen; /* the outer tag (maybe VID 0) is already in the key */
 };
 
 static __always_inline void set_v4mapped(__u8 *dst, const __u8 *src4)
@@ -116,6 +117,9 @@ static __always_inline int parse_l4(void *data, void *data_end, __u32 l4,
 			return PARSE_TRUNCATED;
 		__u32 doff = (p[12] >> 4) * 4;
 		if (doff < 20)
+			return PARSE_TRUNCATED;
+		/* Options must be present in full: doff*4 is replicated per GSO segment. */
+		if ((void *)(p + doff) > data_end)
 			return PARSE_TRUNCATED;
 		key->src_port = ((__u16)p[0] << 8) | p[1];
 		key->dst_port = ((__u16)p[2] << 8) | p[3];
@@ -150,6 +154,9 @@ static __always_inline int parse_l4(void *data, void *data_end, __u32 l4,
 		pi->hdr_len = l4 + 8;
 		return PARSE_OK;
 	default:
+		/* Everything before the L4 payload (e.g. the last extension header) must be there. */
+		if ((void *)p > data_end)
+			return PARSE_TRUNCATED;
 		pi->hdr_len = l4;
 		return PARSE_OK;
 	}
@@ -257,7 +264,17 @@ static __always_inline int parse_ipv6(void *data, void *data_end, __u32 off,
 		if (l4 > 1024)
 			return PARSE_TRUNCATED;
 	}
-	return PARSE_TRUNCATED;
+	/* IPV6_MAX_EXT headers were skipped: what follows must not be another one. */
+	switch (nexthdr) {
+	case IPPROTO_HOPOPTS:
+	case IPPROTO_ROUTING:
+	case IPPROTO_DSTOPTS:
+	case IPPROTO_AH:
+	case IPPROTO_FRAGMENT:
+		return PARSE_TRUNCATED;
+	}
+	key->protocol = nexthdr;
+	return parse_l4(data, data_end, l4, key, pi);
 }
 
 /* RoCE v1: GRH (40 bytes, next header 0x1B) then BTH. */
@@ -307,8 +324,10 @@ static __always_inline int parse_frame(void *data, void *data_end,
 			__u8 *tag = data + off;
 			if ((void *)(tag + 4) > data_end)
 				return PARSE_TRUNCATED;
-			if (!key->vlan_id)
+			if (!pi->vlan_seen) {
 				key->vlan_id = (((__u16)tag[0] << 8) | tag[1]) & 0x0fff;
+				pi->vlan_seen = 1;
+			}
 			proto = ((__u16)tag[2] << 8) | tag[3];
 			off += 4;
 		}
@@ -328,12 +347,16 @@ static __always_inline int parse_frame(void *data, void *data_end,
 		ret = parse_ipv6(data, data_end, off, key, pi);
 		break;
 	case ETH_P_ROCE:
-		if (cfg_link_type == XT_LINK_INFINIBAND)
-			return PARSE_OK;
+		if (cfg_link_type == XT_LINK_INFINIBAND) {
+			ret = PARSE_OK;
+			break;
+		}
 		return parse_roce_v1(data, data_end, off, key, pi);
 	default:
-		return PARSE_OK; /* Other: counted by ethertype */
+		ret = PARSE_OK; /* Other: counted by ethertype */
+		break;
 	}
+	/* An IPoIB link carries nothing else: ARP and IP alike are IPoIB traffic. */
 	if (ret == PARSE_OK && cfg_link_type == XT_LINK_INFINIBAND)
 		key->traffic_type = XT_TYPE_IPOIB;
 	return ret;
@@ -434,8 +457,10 @@ static __always_inline void count_frame(void *data, void *data_end, __u32 len,
 
 	__builtin_memset(&key, 0, sizeof(key));
 	key.direction = direction;
-	if (vlan_hw_present)
+	if (vlan_hw_present) {
 		key.vlan_id = vlan_hw_tci & 0x0fff;
+		pi.vlan_seen = 1;
+	}
 
 	int ret = parse_frame(data, data_end, &key, &pi);
 

@@ -96,12 +96,18 @@ class _BpfInsn(Structure):
 
 
 def errno_name(err: int) -> str:
-    """E.g. 'EPERM (Operation not permitted)'."""
+    """E.g. 'EPERM (Operation not permitted)'; libbpf's own codes (>= 4000) by libbpf's words."""
     err = abs(err)
+    if err >= 4000 and _instance is not None:
+        buf = ctypes.create_string_buffer(256)
+        if _instance.lib.libbpf_strerror(err, buf, len(buf)) == 0:
+            return f"libbpf error {err} ({buf.value.decode(errors='replace')})"
     return f"{errno.errorcode.get(err, 'E?')} ({os.strerror(err)})"
 
 
 _HINTS = {
+    4001: "the file is not a valid BPF ELF object: reinstall xtrace-catch or rebuild it with 'make bpf'",
+    4003: "the BPF object is malformed: rebuild it with 'make bpf'",
     errno.EPERM: "run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON",
     errno.EACCES: "the verifier or a security policy refused it; run with -v to see libbpf's log",
     errno.ENOMEM: "raise RLIMIT_MEMLOCK (ulimit -l unlimited) or lower the flow map size",

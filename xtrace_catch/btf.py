@@ -51,7 +51,10 @@ class _Type:
 class Btf:
     """Decoded BTF of one object."""
 
-    def __init__(self, raw: bytes) -> None:
+    def __init__(self, raw: bytes, symbols: dict[str, dict[str, int]] | None = None) -> None:
+        # ELF symbol offsets per section: clang leaves DATASEC variable offsets at 0 in the
+        # object file and libbpf fills them in from the symbol table at open; so do we.
+        self._symbols = symbols or {}
         if len(raw) < 24:
             raise ObjectError("BTF section too short")
         magic = struct.unpack_from("<H", raw, 0)[0]
@@ -73,7 +76,7 @@ class Btf:
             raise ObjectError(f"not a readable ELF object: {exc}") from exc
         if sec is None:
             raise ObjectError("the BPF object has no .BTF section (build it with clang -g)")
-        return cls(sec.data())
+        return cls(sec.data(), _section_symbols(elf))
 
     def _str(self, off: int) -> str:
         end = self._strings.index(b"\0", off)
@@ -139,13 +142,28 @@ class Btf:
         ty = self.types[self._find(K_DATASEC, name)]
         assert ty is not None
         out = {}
+        syms = self._symbols.get(name, {})
         for var_type, off, size in ty.extra:
             var = self.types[var_type]
             assert var is not None
-            out[var.name] = Member(var.name, off, size)
+            out[var.name] = Member(var.name, syms.get(var.name, off), size)
         return out
 
     def enum(self, name: str) -> dict[str, int]:
         ty = self.types[self._find(K_ENUM, name)]
         assert ty is not None
         return {self._str(n): v for n, v in ty.extra}
+
+
+def _section_symbols(elf: ELFFile) -> dict[str, dict[str, int]]:
+    """section name -> {object symbol name: offset in that section}."""
+    out: dict[str, dict[str, int]] = {}
+    symtab = elf.get_section_by_name(".symtab")
+    if symtab is None:
+        return out
+    for sym in symtab.iter_symbols():  # type: ignore[attr-defined]
+        shndx = sym["st_shndx"]
+        if sym["st_info"]["type"] != "STT_OBJECT" or not isinstance(shndx, int):
+            continue
+        out.setdefault(elf.get_section(shndx).name, {})[sym.name] = int(sym["st_value"])
+    return out
