@@ -11,7 +11,9 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO, TypeVar
+
+import numpy as np
 
 from . import attach, output
 from .caps import check_bpf_privileges
@@ -19,13 +21,20 @@ from .collector import Collector, Interval
 from .metrics import Batch, MetricsConfig, SeriesTable, render_text
 from .datapath import PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, Datapath, DatapathConfig, default_dns_servers
 from .layout import Direction, LinkType
+from .errors import XtraceError
 from .settings import Mode, Output, Settings
 
-__all__ = ["run", "host_ip_for"]
+if TYPE_CHECKING:
+    from .exporter import Pusher
+    from .metrics_server import MetricsServer
+
+__all__ = ["run", "run_counters", "host_ip_for"]
 
 log = logging.getLogger(__name__)
 TC_PROGS = {Direction.INGRESS: PROG_TC_INGRESS, Direction.EGRESS: PROG_TC_EGRESS}
-output_notify = Callable[[str], None]
+Notify = Callable[[str], None]
+Sample = tuple[str, str, str, dict[str, str], float]
+T = TypeVar("T")
 
 
 def host_ip_for(iface: attach.Interface) -> str:
@@ -105,26 +114,31 @@ def run(settings: Settings, out: TextIO = sys.stdout, err: TextIO = sys.stderr) 
             collector = Collector(dp, idle_timeout=settings.idle_timeout_s)
             emitter = Emitter(settings, iface.name, host_ip, settings.max_flows, out)
             export = Export(settings, iface.name, host_ip, collector) if settings.export.any else None
-            asyncio.run(_loop(settings, collector, emitter, export, notify))
+
+            def step() -> tuple[Interval, Batch | None]:
+                iv = collector.collect()
+                return iv, (export.batch(iv) if export is not None else None)
+
+            asyncio.run(_loop(settings, step, emitter.emit, export, notify))
     return 0
 
 
 class Export:
     """Metric series for push and pull, fed once per interval."""
 
-    def __init__(self, settings: Settings, iface: str, host_ip: str, collector: Collector) -> None:
+    def __init__(self, settings: Settings, iface: str, host_ip: str, collector: Collector | None = None) -> None:
         x = settings.export
         self.settings, self.collector = settings, collector
         self.labels = {"interface": iface, "host_ip": host_ip, "collect_agg": x.collect_agg}
         self.table = SeriesTable(MetricsConfig(interface=iface, host_ip=host_ip, collect_agg=x.collect_agg,
                                                max_series=x.max_series, drop_ephemeral_ports=x.drop_ephemeral_ports))
         self.latest: Batch | None = None
-        self.pusher = None
-        self.server = None
+        self.pusher: Pusher | None = None
+        self.server: MetricsServer | None = None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self, notify: output_notify) -> None:
+    async def start(self, notify: Notify) -> None:
         x = self.settings.export
         if x.vm_enabled:
             from .exporter import Pusher
@@ -146,10 +160,15 @@ class Export:
         return render_text(self.table, self.latest, with_timestamps=False, with_meta=True)
 
     def batch(self, iv: Interval) -> Batch:
-        """Runs in the worker thread, right after collect()."""
+        """Flow modes; runs in the worker thread, right after collect()."""
         b = self.table.batch(iv)
-        b.health = self._health(iv)
+        b.health = self._health(iv) + self._push_health()
         return b
+
+    def samples_batch(self, seq: int, ts: float, samples: list[Sample]) -> Batch:
+        """Counter modes: a batch of ready samples (no flow series)."""
+        return Batch(seq=seq, ts_ms=int(ts * 1000), ids=np.zeros(0, np.int64), values=np.zeros((0, 4), np.uint64),
+                     health=samples + self._push_health())
 
     def publish(self, b: Batch) -> None:
         self.latest = b
@@ -159,10 +178,27 @@ class Export:
             oldest = min(oldest, self.pusher.oldest_seq or oldest)
         self.table.prune(oldest)
 
-    def _health(self, iv: Interval) -> list[tuple[str, str, str, dict[str, str], float]]:
+    def _push_health(self) -> list[Sample]:
+        if self.pusher is None:
+            return []
+        L, ps = self.labels, self.pusher.stats
+        return [
+            ("xtrace_agent_push_successes_total", "counter", "Successful pushes.", L, ps.successes),
+            ("xtrace_agent_push_failures_total", "counter", "Failed push attempts.", L, ps.failures),
+            ("xtrace_agent_push_retries_total", "counter", "Push retries after a failure.", L, ps.retries),
+            ("xtrace_agent_samples_dropped_total", "counter", "Samples dropped (buffer full or refused).", L,
+             ps.samples_dropped),
+            ("xtrace_agent_push_buffer_samples", "gauge", "Samples waiting to be pushed.", L,
+             self.pusher.queued_samples),
+            ("xtrace_agent_last_push_timestamp_seconds", "gauge", "Wall-clock time of the last successful push.",
+             L, round(ps.last_success, 3)),
+        ]
+
+    def _health(self, iv: Interval) -> list[Sample]:
         L = self.labels
         st = iv.stats_total
-        h: list[tuple[str, str, str, dict[str, str], float]] = [
+        assert self.collector is not None
+        h: list[Sample] = [
             ("xtrace_agent_flows_tracked", "gauge", "Flows in the kernel map.", L, iv.flows_tracked),
             ("xtrace_agent_map_capacity", "gauge", "Capacity of the kernel flow map.", L, self.settings.max_flows),
             ("xtrace_agent_map_full", "gauge", "1 when packets overflowed the flow map in the last interval.", L,
@@ -181,19 +217,6 @@ class Export:
              round(iv.collect_seconds, 6)),
             ("xtrace_agent_series", "gauge", "Metric series held by the agent.", L, len(self.table)),
         ]
-        if self.pusher is not None:
-            ps = self.pusher.stats
-            h += [
-                ("xtrace_agent_push_successes_total", "counter", "Successful pushes.", L, ps.successes),
-                ("xtrace_agent_push_failures_total", "counter", "Failed push attempts.", L, ps.failures),
-                ("xtrace_agent_push_retries_total", "counter", "Push retries after a failure.", L, ps.retries),
-                ("xtrace_agent_samples_dropped_total", "counter", "Samples dropped (buffer full or refused).", L,
-                 ps.samples_dropped),
-                ("xtrace_agent_push_buffer_samples", "gauge", "Samples waiting to be pushed.", L,
-                 self.pusher.queued_samples),
-                ("xtrace_agent_last_push_timestamp_seconds", "gauge", "Wall-clock time of the last successful push.",
-                 L, round(ps.last_success, 3)),
-            ]
         return h
 
     async def stop(self) -> None:
@@ -207,17 +230,14 @@ class Export:
             await self.server.close()
 
 
-async def _loop(settings: Settings, collector: Collector, emitter: Emitter, export: Export | None,
-                notify: output_notify) -> None:
+async def _loop(settings: Settings, step: Callable[[], tuple[T, Batch | None]], emit: Callable[[T], None],
+                export: Export | None, notify: Notify) -> None:
+    """Every interval: `step` in a worker thread (blocking reads), publish its batch, `emit` its result.
+    Ends after --count intervals or at SIGINT/SIGTERM (after one last interval)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-
-    def step() -> tuple[Interval, Batch | None]:
-        iv = collector.collect()
-        return iv, (export.batch(iv) if export is not None else None)
-
     if export is not None:
         await export.start(notify)
     try:
@@ -229,10 +249,10 @@ async def _loop(settings: Settings, collector: Collector, emitter: Emitter, expo
                 await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_at - loop.time()))
             except TimeoutError:
                 pass
-            iv, batch = await asyncio.to_thread(step)
+            result, batch = await asyncio.to_thread(step)
             if export is not None and batch is not None:
                 export.publish(batch)
-            emitter.emit(iv)
+            emit(result)
             done += 1
             if stop.is_set() or (settings.count is not None and done >= settings.count):
                 return
@@ -244,3 +264,57 @@ async def _loop(settings: Settings, collector: Collector, emitter: Emitter, expo
             loop.remove_signal_handler(sig)
         if export is not None:
             await export.stop()
+
+
+def run_counters(settings: Settings, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """`-m rdma` / `-m nccl`: read the RDMA NIC's sysfs counters every interval. No root needed."""
+    from . import rdma
+
+    def notify(msg: str) -> None:
+        print(f"xtrace-catch: {msg}", file=err, flush=True)
+
+    nccl = settings.mode is Mode.NCCL
+    sel = rdma.select_devices(settings.sysfs_root, settings.device, settings.interface)
+    reader = rdma.RdmaReader(settings.sysfs_root, sel.reader_devices, nccl=nccl)
+    reader.poll()  # baseline
+    if nccl:
+        rdma.check_interval(settings.interval_ms, reader.max_lifespan_ms)
+    notify(f"reading {'hw_counters and port counters' if nccl else 'port counters'} of {sel.why} "
+           f"under {settings.sysfs_root}")
+    host_ip = _host_ip_by_name(settings.interface)
+    export = Export(settings, settings.interface, host_ip) if settings.export.any else None
+    extra = {"interface": settings.interface, "host_ip": host_ip, "collect_agg": settings.export.collect_agg}
+
+    def step() -> tuple[rdma.RdmaInterval, Batch | None]:
+        iv = reader.poll()
+        b = export.samples_batch(iv.seq, iv.time, rdma.interval_metrics(iv, extra)) if export is not None else None
+        return iv, b
+
+    def emit(iv: rdma.RdmaInterval) -> None:
+        lines: list[str] = []
+        for d in iv.ports:
+            if settings.output is Output.JSON:
+                lines.append(output.dumps(rdma.json_record(d)))
+            else:
+                lines.append(rdma.text_line(d))
+                if d.nccl:
+                    lines.append(rdma.health_line(d))
+        for m in iv.missing:
+            lines.append(output.dumps({"record": "rdma_missing", "device": m}) if settings.output is Output.JSON
+                         else f"--- {m}: not readable this interval")
+        if lines:
+            out.write("\n".join(lines) + "\n")
+            out.flush()
+
+    asyncio.run(_loop(settings, step, emit, export, notify))
+    return 0
+
+
+def _host_ip_by_name(name: str) -> str:
+    try:
+        return host_ip_for(attach.get_interface(name))
+    except XtraceError:
+        for other in attach.list_interfaces():
+            if other.link_type != "loopback" and other.primary_ipv4():
+                return other.primary_ipv4() or ""
+        return ""

@@ -62,6 +62,8 @@ def run_cmd(
         "--idle-timeout", help="Seconds without packets before a flow leaves the kernel map.")] = 60.0,
     max_flows: Annotated[int, typer.Option("--max-flows", help="Kernel flow map capacity.")] = DEFAULT_FLOWS,
     device: Annotated[Optional[str], typer.Option("--device", help="RDMA device (rdma/nccl modes).")] = None,
+    sysfs_root: Annotated[str, typer.Option(
+        "--sysfs-root", envvar="XTRACE_SYSFS_ROOT", help="sysfs to read RDMA counters from (rdma/nccl).")] = "/sys",
     vm_enabled: Annotated[Optional[bool], typer.Option(
         "--vm-enabled/--vm-disabled", help="Push to VictoriaMetrics [env VICTORIAMETRICS_ENABLED, default false].",
         show_default=False)] = None,
@@ -104,13 +106,14 @@ def run_cmd(
         interface=interface, mode=mode, direction=direction, filter_=filter_, interval=interval,
         exclude_dns=exclude_dns, dns_servers=dns_server or [], output=output, count=count, verbose=verbose,
         xdp_mode=xdp_mode, idle_timeout=idle_timeout, max_flows=max_flows, device=device, export=export,
+        sysfs_root=sysfs_root,
     )
-    if s.mode in (Mode.RDMA, Mode.NCCL):
-        raise UsageError(f"-m {s.mode.value} is not available in this version yet; use -m xdp or -m tc")
     if s.output.value == "table":
         raise UsageError("--output table is not available in this version yet; use text or json")
     from . import agent
 
+    if s.mode in (Mode.RDMA, Mode.NCCL):
+        raise typer.Exit(agent.run_counters(s))
     raise typer.Exit(agent.run(s))
 
 
@@ -144,6 +147,23 @@ def _export_settings(vm_enabled: bool | None, vm_url: str, collect_agg: str, vm_
     )
 
 
+def _print_rdma_links() -> None:
+    """The netdev <-> RDMA device/port mapping, as ibdev2netdev prints it (when any exists)."""
+    import os
+
+    from . import rdma
+
+    root = os.environ.get("XTRACE_SYSFS_ROOT", "/sys")
+    try:
+        lines = rdma.mapping_lines(rdma.netdev_links(root))
+    except (XtraceError, OSError):
+        return
+    if lines:
+        print("RDMA devices:")
+        for line in lines:
+            print(f"  {line}")
+
+
 def _print_interfaces() -> None:
     from .attach import list_interfaces
 
@@ -151,7 +171,8 @@ def _print_interfaces() -> None:
     print(f"{'INTERFACE':<16}{'STATE':<9}{'LINK':<12}{'MTU':>6}  {'ATTACHED':<34}ADDRESSES")
     for i in rows:
         att = ", ".join(([i.xdp] if i.xdp else []) + [f"xtrace tc {d}" for d in i.tc]) or "-"
-        print(f"{i.name:<16}{i.state:<9}{i.link_type:<12}{i.mtu:>6}  {att:<34}{' '.join(i.addresses) or '-'}")
+        print(f"{i.name:<16}{i.state:<9}{i.link_type:<12}{i.mtu:>6}  {att:<33} {' '.join(i.addresses) or '-'}")
+    _print_rdma_links()
 
 
 @app.command("interfaces")
