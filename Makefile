@@ -23,7 +23,7 @@ help:
 	@echo "make bpf-check  fail if the committed object differs from ebpf/"
 	@echo "make install    create $(VENV) and install xtrace-catch into it"
 	@echo "make test       run the test suite (root: loads BPF, makes netns)"
-	@echo "make bench      run the benchmarks in bench/ (writes bench/results.md)"
+	@echo "make bench      run the benchmarks in bench/ (writes bench/results/*.md)"
 
 deps:
 	$(SUDO) apt-get update -q
