@@ -141,12 +141,12 @@ class Export:
     async def start(self, notify: Notify) -> None:
         x = self.settings.export
         if x.vm_enabled:
-            from .exporter import Pusher
+            from .exporter import Pusher, redact_url
 
             self.pusher = Pusher(x.vm_url, self.table, x.credentials, insecure=x.insecure,
                                  timeout=x.push_timeout_s, buffer_samples=x.push_buffer_samples)
             self._task = asyncio.create_task(self.pusher.run(self._stop))
-            notify(f"pushing metrics to {x.vm_url} ({self.pusher.format.value})")
+            notify(f"pushing metrics to {redact_url(x.vm_url)} ({self.pusher.format.value})")
         if x.metrics_addr is not None:
             from .metrics_server import MetricsServer
 

@@ -371,6 +371,10 @@ class Attachments:
                         f"adding a clsact qdisc to {self.iface.name} failed: {_libbpf.errno_name(_err(exc))}; "
                         "run as root or grant CAP_NET_ADMIN"
                     ) from exc
+        elif not self._created_qdisc and _stale_state_is_ours(self.iface):
+            # A killed run of ours created this clsact: take it over, so it goes at our exit.
+            self._created_qdisc = True
+            self._save_state()
         self._items.append(_TcAttachment(self.ipr, self.iface, direction, prog_fd, self.notify))
 
     def _save_state(self) -> None:
@@ -406,6 +410,26 @@ class Attachments:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.detach()
+
+
+def _stale_state_is_ours(iface: Interface) -> bool:
+    """Whether the state file says a run of ours, no longer alive, created the interface's clsact."""
+    try:
+        st = json.loads(_state_file(iface.name).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(st, dict) or not st.get("created_clsact") or st.get("ifindex") != iface.index:
+        return False
+    pid = st.get("pid")
+    if isinstance(pid, int) and pid > 0 and pid != os.getpid():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False  # that run is still alive: the qdisc is its to remove
+    return True
 
 
 def _remove_clsact_if_unused(ipr: IPRoute, index: int) -> bool:

@@ -57,7 +57,7 @@ class Interval:
     keys: np.ndarray  # FLOW_KEY records of flows with packets in this interval
     delta: np.ndarray  # (m, NV) counts in this interval
     totals: np.ndarray  # (m, NV) counts since start
-    all_keys: np.ndarray  # every tracked flow (for export)
+    all_keys: np.ndarray  # every tracked flow, and evicted ones with counts in this interval (for export)
     all_totals: np.ndarray  # (n, NV)
     all_delta: np.ndarray  # (n, NV)
     stats_delta: dict[str, int]
@@ -173,13 +173,17 @@ class Collector:
         act = act[np.argsort(-delta[act, V["bytes"]].astype(np.int64), kind="stable")]
         rec_keys = ks.view(FLOW_KEY) if len(ks) else np.empty(0, dtype=FLOW_KEY)
 
+        # Export also the evicted flows that counted packets in this interval (raced in
+        # before the delete): their series would otherwise stay short of those counts.
+        export = keep | changed
+
         self._seq += 1
         elapsed = now - self._last_time
         self._last_time = now
         return Interval(
             seq=self._seq, time=time.time(), elapsed=elapsed,
             keys=rec_keys[act], delta=delta[act], totals=totals[act],
-            all_keys=rec_keys[keep], all_totals=totals[keep], all_delta=delta[keep],
+            all_keys=rec_keys[export], all_totals=totals[export], all_delta=delta[export],
             stats_delta=dict(zip(STATS_FIELDS, (int(x) for x in stats_delta))),
             stats_total=dict(zip(STATS_FIELDS, (int(x) for x in stats))),
             overflow_delta=ovf_delta, overflow_total=ovf_u.copy(),

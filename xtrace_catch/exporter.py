@@ -27,13 +27,21 @@ from .metrics import Batch, SeriesTable, render_text
 from .remote_write import HEADERS as RW_HEADERS
 from .remote_write import RemoteWriteEncoder
 
-__all__ = ["PushFormat", "classify_url", "PushStats", "Pusher"]
+__all__ = ["PushFormat", "classify_url", "redact_url", "PushStats", "Pusher"]
 
 log = logging.getLogger(__name__)
 
 _RW_PATH = re.compile(r"(^|/)api/v1/write/?$")
 _TEXT_PATH = re.compile(r"(^|/)api/v1/import/prometheus/?$")
 SERIES_PER_REQUEST = 10_000
+
+
+_URL_PASSWORD = re.compile(r"(://[^/?#@:]*:)[^/?#]*@")
+
+
+def redact_url(url: str) -> str:
+    """The URL for messages: a password in it (http://user:PASSWORD@host/...) becomes ***."""
+    return _URL_PASSWORD.sub(r"\1***@", url)
 
 
 class PushFormat(str, enum.Enum):
@@ -50,9 +58,9 @@ def classify_url(url: str) -> PushFormat:
         u = urlsplit(url.strip())
         _ = u.port  # raises ValueError on a bad port
     except ValueError:
-        raise UsageError(f"VictoriaMetrics URL {url!r} is not a valid URL; {accepted}") from None
+        raise UsageError(f"VictoriaMetrics URL {redact_url(url)!r} is not a valid URL; {accepted}") from None
     if u.scheme not in ("http", "https") or not u.hostname:
-        raise UsageError(f"VictoriaMetrics URL {url!r} needs http:// or https:// and a host; {accepted}")
+        raise UsageError(f"VictoriaMetrics URL {redact_url(url)!r} needs http:// or https:// and a host; {accepted}")
     if _RW_PATH.search(u.path):
         return PushFormat.REMOTE_WRITE
     if _TEXT_PATH.search(u.path):
@@ -168,7 +176,8 @@ class Pusher:
         if r.status_code not in self._logged_status:
             self._logged_status.add(r.status_code)
             hint = " (check the credentials)" if r.status_code in (401, 403) else ""
-            log.error("VictoriaMetrics refused a push with HTTP %d%s: %s", r.status_code, hint, r.text[:500])
+            body = " ".join(r.text[:2000].split())[:500]  # one log line, whatever the body's layout
+            log.error("VictoriaMetrics refused a push with HTTP %d%s: %s", r.status_code, hint, body)
         return False, False
 
     async def send_one(self) -> bool:

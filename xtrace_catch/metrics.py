@@ -142,11 +142,17 @@ class SeriesTable:
             live = {bytes(k).ljust(keys.dtype.itemsize, b"\0") for k in raw}
             self._selected &= live
             if len(self._selected) < cap:
+                # A free slot goes only to a flow whose whole history is in this interval: one
+                # already counted in `other` (or in an earlier series of its own, before an
+                # eviction) would otherwise be counted twice, and `other` cannot give it back.
+                fresh = ((totals[:, V["bytes"]] == delta[:, V["bytes"]])
+                         & (totals[:, V["packets"]] == delta[:, V["packets"]])) if n else []
                 order = np.argsort(-totals[:, V["bytes"]].astype(np.float64), kind="stable") if n else []
                 for i in order:
                     if len(self._selected) >= cap:
                         break
-                    self._selected.add(bytes(raw[i]).ljust(keys.dtype.itemsize, b"\0"))
+                    if fresh[i]:
+                        self._selected.add(bytes(raw[i]).ljust(keys.dtype.itemsize, b"\0"))
         ids = np.empty(n, dtype=np.int64)
         is_other = np.zeros(n, dtype=bool)
         fs = self._flow_series

@@ -123,7 +123,7 @@ def summary(iv: Interval, interface: str, capacity: int) -> dict[str, Any]:
     """The interval summary record (`"record": "summary"`)."""
     s, st = iv.stats_delta, iv.stats_total
     return {
-        "record": "summary", "time": rfc3339(iv.time), "interface": interface, "interval": iv.seq,
+        "record": "summary", "timestamp": rfc3339(iv.time), "ifname": interface, "interval": iv.seq,
         "elapsed_s": round(iv.elapsed, 3), "active_flows": len(iv.keys), "tracked_flows": iv.flows_tracked,
         "map_capacity": capacity, "evicted_flows": iv.evicted,
         "packets_seen": s["seen"], "bytes_seen": s["seen_bytes"],
@@ -136,7 +136,7 @@ def summary(iv: Interval, interface: str, capacity: int) -> dict[str, Any]:
 
 
 def summary_text(rec: dict[str, Any]) -> str:
-    line = (f"--- interval {rec['interval']} on {rec['interface']}: {rec['active_flows']} flows, "
+    line = (f"--- interval {rec['interval']} on {rec['ifname']}: {rec['active_flows']} flows, "
             f"{rec['packets_counted']} packets, {rec['bytes_counted']} bytes; "
             f"filtered={rec['packets_filtered']} truncated={rec['packets_truncated']} "
             f"overflowed={rec['packets_overflowed']} tracked={rec['tracked_flows']}/{rec['map_capacity']}")

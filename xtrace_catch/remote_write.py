@@ -98,7 +98,17 @@ def _ld(field: int, payload: bytes) -> bytes:
 
 
 def _label(name: str, value: str) -> bytes:
-    return _ld(1, _ld(1, name.encode()) + _ld(2, value.encode()))
+    # proto3: a field holding its default ("" or 0) is not written, as SerializeToString does.
+    return _ld(1, _ld(1, name.encode()) + (_ld(2, value.encode()) if value else b""))
+
+
+_ZERO8 = bytes(8)
+
+
+def _sample(double: bytes, ts: bytes) -> bytes:
+    """A Sample from its value's 8 little-endian bytes and the encoded timestamp field."""
+    sample = (b"\x09" + double if double != _ZERO8 else b"") + ts
+    return b"\x12" + _varint(len(sample)) + sample
 
 
 
@@ -121,20 +131,18 @@ class RemoteWriteEncoder:
 
     def encode(self, batch: Batch) -> bytes:
         """The uncompressed WriteRequest for a batch (flow series + health)."""
-        ts = b"\x10" + _varint(batch.ts_ms & 0xFFFFFFFFFFFFFFFF)
+        ts = b"\x10" + _varint(batch.ts_ms & 0xFFFFFFFFFFFFFFFF) if batch.ts_ms else b""
         parts: list[bytes] = []
         rows = [self._series_labels(int(s)) for s in batch.ids]
         for mi, (_name, _t, _h, col) in enumerate(FLOW_METRICS):
             name = self._names[mi]
             doubles = batch.values[:, col].astype("<f8").tobytes()
             for i, lab in enumerate(rows):
-                sample = b"\x09" + doubles[8 * i: 8 * i + 8] + ts
-                body = name + lab + b"\x12" + _varint(len(sample)) + sample
+                body = name + lab + _sample(doubles[8 * i: 8 * i + 8], ts)
                 parts.append(b"\x0a" + _varint(len(body)) + body)
         for hname, _t, _h, labels, value in batch.health:
             lab = _label("__name__", hname) + b"".join(_label(k, v) for k, v in sorted(labels.items()))
-            sample = b"\x09" + struct.pack("<d", float(value)) + ts
-            body = lab + b"\x12" + _varint(len(sample)) + sample
+            body = lab + _sample(struct.pack("<d", float(value)), ts)
             parts.append(b"\x0a" + _varint(len(body)) + body)
         if len(self._labels) > 2 * max(len(self.table), 1024):
             self._labels = {k: v for k, v in self._labels.items() if k in self.table.labels}

@@ -108,7 +108,7 @@ class ExportSettings:
     """Where metrics go (push, pull) and how many series they may make."""
 
     vm_enabled: bool = False
-    vm_url: str = DEFAULT_VM_URL
+    vm_url: str = field(default=DEFAULT_VM_URL, repr=False)  # may hold user:password@
     collect_agg: str = "default"
     credentials: Credentials | None = None
     insecure: bool = False

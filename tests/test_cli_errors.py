@@ -1,0 +1,157 @@
+"""The CLI's answer to bad input: one line on stderr, `xtrace-catch: error: ...` naming the
+bad value and the fix, no traceback, exit code 2 (DESIGN.md, CLI). Plus -h, --version,
+and the bare form that means `run`.
+
+Option errors are found before any syscall, so those cases need no root; they name an
+interface that does not exist (`xtnone0`), so even a regression could not attach to a
+real one. Cases that look an interface up run inside a namespace of their own (root).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from netns import VethPair, veth_pair, xtrace, xtrace_cmd
+
+import xtrace_catch
+
+NOIF = "xtnone0"
+NOSYS = "/nonexistent/xtrace-catch-sysfs"
+
+# (id, argv, extra environment, substrings the one error line must contain)
+CASES: list[tuple[str, list[str], dict[str, str], list[str]]] = [
+    ("ifname-too-long", ["-i", "x" * 16], {}, ["'" + "x" * 16 + "'", "xtrace-catch -l"]),
+    ("ifname-slash", ["-i", "a/b"], {}, ["'a/b'", "xtrace-catch -l"]),
+    ("ifname-from-env", [], {"NETWORK_INTERFACE": "bad/name"}, ["'bad/name'", "xtrace-catch -l"]),
+    ("interval-0", ["-i", NOIF, "-t", "0"], {}, ["interval 0 ms", "100..3600000"]),
+    ("interval-99", ["-i", NOIF, "-t", "99"], {}, ["interval 99 ms", "100..3600000"]),
+    ("interval-3600001", ["-i", NOIF, "-t", "3600001"], {}, ["interval 3600001 ms", "100..3600000"]),
+    ("interval-abc", ["-i", NOIF, "-t", "abc"], {}, ["'abc'", "100..3600000"]),
+    ("mode", ["-i", NOIF, "-m", "ebpf"], {}, ["unknown mode 'ebpf'", "xdp, tc"]),
+    ("filter", ["-i", NOIF, "-f", "sctp"], {}, ["unknown filter 'sctp'", "roce_v2"]),
+    ("direction", ["-i", NOIF, "-m", "tc", "-d", "up"], {}, ["unknown direction 'up'", "ingress, egress, both"]),
+    ("output", ["-i", NOIF, "--output", "xml"], {}, ["unknown output 'xml'", "text, json"]),
+    ("xdp-egress", ["-i", NOIF, "-m", "xdp", "-d", "egress"], {}, ["egress", "-m tc -d egress"]),
+    ("xdp-both", ["-i", NOIF, "-m", "xdp", "-d", "both"], {}, ["both", "-m tc -d both"]),
+    ("xdp-egress-default-mode", ["-i", NOIF, "-d", "egress"], {}, ["-m tc -d egress"]),
+    ("output-table", ["-i", NOIF, "--output", "table"], {}, ["--output table", "not available", "text or json"]),
+    # rdma/nccl read sysfs: point them at one that does not exist, or has no RDMA devices.
+    ("rdma-no-sysfs", ["-i", NOIF, "-m", "rdma", "--sysfs-root", NOSYS], {}, [f"'{NOSYS}'", "/host/sys"]),
+    ("nccl-no-sysfs", ["-i", NOIF, "-m", "nccl", "--sysfs-root", NOSYS], {}, [f"'{NOSYS}'", "/host/sys"]),
+    ("rdma-no-devices", ["-i", NOIF, "-m", "rdma", "--sysfs-root", "{empty}"], {},
+     ["no RDMA devices under {empty}/class/infiniband", "modprobe"]),
+    ("nccl-no-devices", ["-i", NOIF, "-m", "nccl", "-d", "mlx5_0", "--sysfs-root", "{empty}"], {},
+     ["no RDMA devices under {empty}/class/infiniband", "modprobe"]),
+    ("count-0", ["-i", NOIF, "--count", "0"], {}, ["--count 0", ">= 1"]),
+    ("count-abc", ["-i", NOIF, "--count", "abc"], {}, ["'--count'", "xtrace-catch run -h"]),
+    ("dns-server-v4", ["-i", NOIF, "--exclude-dns", "--dns-server", "198.51.100.256"], {}, ["'198.51.100.256'"]),
+    ("dns-server-short", ["-i", NOIF, "--exclude-dns", "--dns-server", "1.2.3"], {}, ["'1.2.3'"]),
+    ("dns-server-v6", ["-i", NOIF, "--exclude-dns", "--dns-server", "2001:db8::zz"], {}, ["'2001:db8::zz'"]),
+    ("unknown-option", ["-i", NOIF, "--bogus"], {}, ["--bogus", "xtrace-catch run -h"]),
+    ("unknown-option-run", ["run", "-i", NOIF, "--frobnicate"], {}, ["--frobnicate", "xtrace-catch run -h"]),
+    ("missing-value", ["-i", NOIF, "-t"], {}, ["-t", "xtrace-catch run -h"]),
+]
+
+
+def cli(argv: list[str], env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k != "NETWORK_INTERFACE"}
+    full_env.update(env or {})
+    return subprocess.run([*xtrace_cmd(), *argv], capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def assert_usage_error(p: subprocess.CompletedProcess[str], must: list[str]) -> str:
+    assert "Traceback" not in p.stderr, p.stderr
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("xtrace-catch: error: "), lines[0]
+    for text in must:
+        assert text in lines[0], (text, lines[0])
+    assert (p.returncode, p.stdout) == (2, "")
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def empty_sysfs(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("empty-sysfs"))
+
+
+@pytest.fixture(scope="module")
+def answers(empty_sysfs: str) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Every case's run, started a few at a time (each is a whole interpreter start-up)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {case_id: pool.submit(cli, [a.format(empty=empty_sysfs) for a in argv], env)
+                   for case_id, argv, env, _must in CASES}
+        return {case_id: f.result() for case_id, f in futures.items()}
+
+
+@pytest.mark.parametrize(("case_id", "must"), [(c[0], c[3]) for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_exit_2(answers: dict[str, subprocess.CompletedProcess[str]], empty_sysfs: str,
+                                          case_id: str, must: list[str]) -> None:
+    assert_usage_error(answers[case_id], [m.format(empty=empty_sysfs) for m in must])
+
+
+# Every option DESIGN.md's CLI table lists, and the others `run` has.
+HELP_OPTIONS = ["-i", "--interface", "-m", "--mode", "-d", "--direction", "--device", "-f", "--filter", "-t",
+                "--interval", "--exclude-dns", "--dns-server", "-l", "--list", "--output", "--count", "-h", "--help",
+                "--xdp-mode", "--idle-timeout", "--max-flows", "-v", "--verbose"]
+
+
+@pytest.mark.parametrize("argv", [["-h"], ["--help"], ["run", "-h"]])
+def test_help_lists_every_option(argv: list[str]) -> None:
+    p = cli(argv)
+    assert (p.returncode, p.stderr) == (0, "")
+    assert p.stdout.startswith("Usage: xtrace-catch run [OPTIONS]")
+    text = " ".join(p.stdout.split())  # undo the help formatter's line wrapping
+    for opt in HELP_OPTIONS:
+        assert re.search(rf"(^|[\s,]){re.escape(opt)}([\s,]|$)", text), f"{opt} missing from -h"
+    assert "env var: NETWORK_INTERFACE" in text
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["version"], ["-V"]])
+def test_version(argv: list[str]) -> None:
+    p = cli(argv)
+    assert (p.returncode, p.stderr) == (0, "")
+    lines = p.stdout.splitlines()
+    assert len(lines) == 3, p.stdout
+    assert lines[0] == f"xtrace-catch {xtrace_catch.__version__}"
+    m = re.fullmatch(r"libbpf (\d+\.\d+(?:\.\d+)?) \((\w[\w-]*): (/\S+)\)", lines[1])
+    assert m, lines[1]
+    assert Path(m[3]).exists() and "libbpf" in Path(m[3]).name
+    assert lines[2] == f"kernel {platform.release()}"
+
+
+# -- inside a namespace (root) -------------------------------------------------
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[VethPair]:
+    with veth_pair(tmp=tmp_path) as p:
+        yield p
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("argv", [["-i", "nosuch0", "--count", "1"], ["run", "-i", "nosuch0"],
+                                  ["cleanup", "-i", "nosuch0"]])
+def test_unknown_interface_suggests_list(pair: VethPair, argv: list[str]) -> None:
+    p = xtrace(pair.ns, argv, env=pair.env)
+    line = assert_usage_error(p, ["'nosuch0'", "xtrace-catch -l"])
+    assert line == "xtrace-catch: error: interface 'nosuch0' not found; list interfaces with 'xtrace-catch -l'"
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("prefix", [[], ["run"]], ids=["bare", "run"])
+def test_bare_options_mean_run(pair: VethPair, prefix: list[str]) -> None:
+    """`xtrace-catch -i IF -f roce --count 1 -t 100` (the older README's form) is `run`."""
+    p = xtrace(pair.ns, [*prefix, "-i", pair.ifname, "-f", "roce", "--count", "1", "-t", "100"], env=pair.env)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.splitlines() == [f"xtrace-catch: XDP program loaded on {pair.ifname}"]
+    # Nothing is sent and IPv6 is off in the namespace: an empty interval, exactly.
+    assert p.stdout.splitlines() == [f"--- interval 1 on {pair.ifname}: 0 flows, 0 packets, 0 bytes; "
+                                     "filtered=0 truncated=0 overflowed=0 tracked=0/65536"]
