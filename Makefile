@@ -10,20 +10,76 @@ BPF_CFLAGS := -g -O2 -target bpf -Wall -Werror -I ebpf -I $(ARCH_INC) \
 	-fdebug-prefix-map=$(CURDIR)=. -fdebug-compilation-dir=.
 
 # Debian 12 packages: running needs libbpf1 + python3-venv + iproute2; building the
-# object needs clang/llvm/libbpf-dev; the tests need the rest.
+# object needs clang/llvm/libbpf-dev; 'make libbpf' needs dpkg-dev, libelf-dev, zlib1g-dev
+# and pkg-config; the tests need the rest.
 DEB_PKGS  := make gcc clang llvm libbpf1 libbpf-dev bpftool iproute2 python3 python3-venv python3-pip \
+	dpkg-dev libelf-dev zlib1g-dev pkg-config \
 	tshark tcpreplay victoria-metrics prometheus libcap2-bin
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help deps bpf bpf-check install test bench clean
+
+# What 'make run' and the container targets watch: make run INTERFACE=ens1f0 MODE=tc
+INTERFACE ?= eth0
+MODE      ?= xdp
+DEVICE    ?=
+RUN_ARGS  ?=
+
+# Vendored libbpf (version and checksums pinned in vendor-libbpf/libbpf.pin).
+LIBBPF_SO := vendor-libbpf/build/lib/libbpf.so.1
+
+# Containers. DOCKER=podman works as is; DOCKER=buildah (no daemon) builds and smoke-tests
+# (docker-base, docker-build, docker-test, docker-info, docker-clean) with vfs storage and
+# chroot isolation unless STORAGE_DRIVER / BUILDAH_ISOLATION say otherwise.
+DOCKER     ?= docker
+IMAGE      ?= xtrace-catch:latest
+BASE_IMAGE ?= debian:bookworm-slim
+# Never pull the base when it is there: 'make docker-base' may have made it locally.
+DOCKER_BUILD_FLAGS ?= --pull=false
+# CA bundle pip trusts inside the build (a build secret, in no layer): behind a TLS-inspecting
+# proxy the host's bundle holds the proxy's CA. BUILD_CA= (empty) trusts the image's own.
+BUILD_CA   ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
+COMPOSE    := $(DOCKER) compose
+ifneq (,$(findstring buildah,$(DOCKER)))
+export STORAGE_DRIVER ?= vfs
+export BUILDAH_ISOLATION ?= chroot
+export BUILDAH_LAYERS ?= true
+endif
+# The agent's arguments per mode (compose reads XTRACE_MODE and XTRACE_ARGS).
+mode_args = $(if $(filter tc,$(1)),-d both)$(if $(filter rdma nccl,$(1)),$(if $(DEVICE),--device $(DEVICE)))
+compose_env = NETWORK_INTERFACE='$(INTERFACE)' XTRACE_MODE='$(1)' XTRACE_ARGS='$(strip $(call mode_args,$(1)) $(RUN_ARGS))' XTRACE_IMAGE='$(IMAGE)'
+DOCKER_RUN_PRIV := --privileged --network host -v /sys/fs/bpf:/sys/fs/bpf -v /sys:/host/sys:ro \
+	-e XTRACE_SYSFS_ROOT=/host/sys -v /run/xtrace-catch:/run/xtrace-catch
+
+.PHONY: help deps bpf bpf-check install build test bench clean libbpf run run-with-interface interfaces info \
+	docker-base docker-build docker-run docker-up docker-up-xdp docker-up-rdma docker-up-nccl docker-down \
+	docker-logs docker-shell docker-info docker-test docker-clean docker-network-info image-test
 
 help:
 	@echo "make deps       apt-get the Debian packages to build, run and test"
 	@echo "make bpf        rebuild $(BPF_OBJ) from ebpf/ (clang)"
 	@echo "make bpf-check  fail if the committed object differs from ebpf/"
 	@echo "make install    create $(VENV) and install xtrace-catch into it"
+	@echo "make build      build the wheel into dist/"
+	@echo "make libbpf     build the pinned libbpf (vendor-libbpf/libbpf.pin) into vendor-libbpf/build/"
 	@echo "make test       run the test suite (root: loads BPF, makes netns)"
 	@echo "make bench      run the benchmarks in bench/ (writes bench/results/*.md)"
+	@echo "make run        run the agent from $(VENV): INTERFACE=$(INTERFACE) MODE=$(MODE) [DEVICE=mlx5_0] [RUN_ARGS=...]"
+	@echo "make run-with-interface INTERFACE=IF   the same, but INTERFACE must be given"
+	@echo "make interfaces list interfaces (state, link type, addresses, attached programs)"
+	@echo "make info       versions: xtrace-catch, libbpf in use, kernel, BTF, Python"
+	@echo "make clean      remove $(VENV), build outputs and the vendored libbpf build"
+	@echo "Containers (DOCKER=$(DOCKER), IMAGE=$(IMAGE), BASE_IMAGE=$(BASE_IMAGE)):"
+	@echo "make docker-base    build BASE_IMAGE locally with mmdebstrap from this machine's apt sources"
+	@echo "make docker-build   build IMAGE from Dockerfile"
+	@echo "make docker-test    smoke-test IMAGE (--version reports the vendored libbpf, -h, -l, no compiler)"
+	@echo "make image-test     CI: docker-base + docker-build + docker-test (with BPF) using buildah"
+	@echo "make docker-run     run IMAGE on the host network: INTERFACE, MODE, DEVICE, RUN_ARGS"
+	@echo "make docker-shell   a shell in IMAGE (privileged, host network)"
+	@echo "make docker-info    the container tool's version and IMAGE"
+	@echo "make docker-network-info  interfaces as the container sees them (host network)"
+	@echo "make docker-up      agent + VictoriaMetrics + Grafana (docker-compose.yml), MODE=$(MODE)"
+	@echo "make docker-up-xdp | docker-up-rdma | docker-up-nccl   the same with that mode"
+	@echo "make docker-down | docker-logs | docker-clean   stop, follow the agent's log, remove IMAGE and volumes"
 
 deps:
 	$(SUDO) apt-get update -q
@@ -56,6 +112,33 @@ $(VENV)/bin/python:
 install: $(VENV)/bin/python
 	$(VENV)/bin/pip install -q -e .
 
+build: $(VENV)/bin/python
+	$(VENV)/bin/pip wheel -q --no-deps -w dist .
+
+libbpf: $(LIBBPF_SO)
+
+$(LIBBPF_SO): vendor-libbpf/libbpf.pin vendor-libbpf/build.sh
+	bash vendor-libbpf/build.sh
+
+$(VENV)/bin/xtrace-catch: | $(VENV)/bin/python
+	$(VENV)/bin/pip install -q -e .
+
+run: $(VENV)/bin/xtrace-catch
+	$(VENV)/bin/xtrace-catch run -i $(INTERFACE) -m $(MODE) $(if $(filter tc,$(MODE)),-d both) $(if $(DEVICE),--device $(DEVICE)) $(RUN_ARGS)
+
+run-with-interface:
+	@if [ "$(origin INTERFACE)" = file ]; then echo "give the interface: make run-with-interface INTERFACE=ens1f0 [MODE=tc]" >&2; exit 2; fi
+	$(MAKE) --no-print-directory run INTERFACE='$(INTERFACE)'
+
+interfaces: $(VENV)/bin/xtrace-catch
+	$(VENV)/bin/xtrace-catch interfaces
+
+info: $(VENV)/bin/xtrace-catch
+	@$(VENV)/bin/xtrace-catch --version
+	@echo "python $$($(VENV)/bin/python -c 'import platform; print(platform.python_version())')"
+	@if [ -e /sys/kernel/btf/vmlinux ]; then echo "kernel BTF: /sys/kernel/btf/vmlinux"; else echo "kernel BTF: missing (needs CONFIG_DEBUG_INFO_BTF=y)"; fi
+	@if [ -e $(LIBBPF_SO) ]; then echo "vendored libbpf: $$(readlink -f $(LIBBPF_SO))"; else echo "vendored libbpf: not built ('make libbpf')"; fi
+
 test: $(VENV)/bin/python bpf-check
 	$(VENV)/bin/pip install -q -e '.[test]'
 	$(VENV)/bin/python -m pytest -q tests
@@ -65,4 +148,53 @@ bench: $(VENV)/bin/python
 	$(VENV)/bin/python bench/run.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache vendor-libbpf/build vendor-libbpf/src
+
+# --- containers -------------------------------------------------------------------------
+docker-base:
+	DOCKER='$(DOCKER)' bash deploy/container/base-image.sh $(BASE_IMAGE)
+
+docker-build:
+	$(DOCKER) build $(DOCKER_BUILD_FLAGS) --secret id=build_ca,src=$(or $(BUILD_CA),/dev/null) \
+		--build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) -f Dockerfile .
+
+docker-test:
+	DOCKER='$(DOCKER)' bash deploy/container/smoke-test.sh $(IMAGE)
+
+# CI: build the real image without a daemon (mmdebstrap base, buildah bud with vfs storage and
+# chroot isolation) and smoke-test it, including one interval on a veth in test namespaces.
+image-test:
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends buildah mmdebstrap uidmap
+	$(MAKE) docker-base DOCKER=buildah
+	$(MAKE) docker-build DOCKER=buildah
+	SMOKE_BPF=1 $(MAKE) docker-test DOCKER=buildah
+
+docker-run:
+	$(DOCKER) run --rm -it $(DOCKER_RUN_PRIV) -e NETWORK_INTERFACE=$(INTERFACE) $(IMAGE) \
+		run -m $(MODE) $(call mode_args,$(MODE)) $(RUN_ARGS)
+
+docker-shell:
+	$(DOCKER) run --rm -it $(DOCKER_RUN_PRIV) --entrypoint /bin/bash $(IMAGE)
+
+docker-info:
+	$(DOCKER) version
+	$(DOCKER) images $(IMAGE)
+
+docker-network-info:
+	$(DOCKER) run --rm --privileged --network host $(IMAGE) interfaces
+
+docker-up:
+	$(call compose_env,$(MODE)) $(COMPOSE) up -d
+
+docker-up-xdp docker-up-rdma docker-up-nccl: docker-up-%:
+	$(call compose_env,$*) $(COMPOSE) up -d
+
+docker-down:
+	$(COMPOSE) down
+
+docker-logs:
+	$(COMPOSE) logs -f agent
+
+docker-clean:
+	-$(COMPOSE) down -v
+	-$(DOCKER) rmi $(IMAGE)

@@ -111,6 +111,7 @@ def test_compose_agent() -> None:
     assert env["VICTORIAMETRICS_REMOTE_WRITE"] == "http://127.0.0.1:8428/api/v1/write"
     assert classify_url(env["VICTORIAMETRICS_REMOTE_WRITE"]) is PushFormat.REMOTE_WRITE
     assert {"NETWORK_INTERFACE", "COLLECT_AGG"} <= set(env)
+    assert env["XTRACE_SYSFS_ROOT"] == "/host/sys"  # where /sys is mounted
     assert agent["command"].split()[:2] == ["run", "-m"]
 
 
@@ -195,6 +196,7 @@ def test_daemonset() -> None:
     assert url.endswith("/insert/0/prometheus/api/v1/write")
     assert classify_url(url) is PushFormat.REMOTE_WRITE
     assert cm["data"]["VICTORIAMETRICS_ENABLED"] == "true"
+    assert cm["data"]["XTRACE_SYSFS_ROOT"] == "/host/sys"
     pod = ds["spec"]["template"]["spec"]
     assert ds["spec"]["selector"]["matchLabels"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
     assert pod["hostNetwork"] is True
@@ -227,10 +229,12 @@ def test_make_docker_target_uses_docker_variable(target: str) -> None:
 
 
 @pytest.mark.parametrize(("mode", "expected"), [
-    ("xdp", "XTRACE_MODE='xdp'"), ("rdma", "XTRACE_ARGS='--sysfs-root /host/sys"), ("nccl", "XTRACE_MODE='nccl'"),
+    ("xdp", "XTRACE_MODE='xdp' XTRACE_ARGS=''"), ("tc", "XTRACE_MODE='tc' XTRACE_ARGS='-d both'"),
+    ("rdma", "XTRACE_MODE='rdma' XTRACE_ARGS='--device mlx5_0'"), ("nccl", "XTRACE_MODE='nccl'"),
 ])
 def test_make_docker_up_mode(mode: str, expected: str) -> None:
-    res = subprocess.run(["make", "-n", "-C", str(ROOT), f"docker-up-{mode}", "INTERFACE=ens1f0"],
+    res = subprocess.run(["make", "-n", "-C", str(ROOT), f"docker-up-{mode}" if mode != "tc" else "docker-up",
+                          f"MODE={mode}", "INTERFACE=ens1f0", "DEVICE=mlx5_0" if mode == "rdma" else "DEVICE="],
                          capture_output=True, text=True, timeout=30)
     assert expected in res.stdout and "NETWORK_INTERFACE='ens1f0'" in res.stdout
 
