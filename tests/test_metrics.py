@@ -635,7 +635,7 @@ def test_classify_url_errors_hide_a_password_in_the_url() -> None:
 
 @pytest.mark.parametrize(("text", "want"), [
     ("127.0.0.1:9435", ("127.0.0.1", 9435)),
-    (":9435", ("0.0.0.0", 9435)),
+    (":9435", ("127.0.0.1", 9435)),  # no host: loopback only (Step 7: bind 127.0.0.1 unless told)
     ("0.0.0.0:1", ("0.0.0.0", 1)),
     ("[::1]:65535", ("::1", 65535)),
     ("[2001:db8::1]:9435", ("2001:db8::1", 9435)),

@@ -12,6 +12,7 @@ after SIGKILL can remove it too.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -32,8 +33,10 @@ __all__ = [
     "XdpMode",
     "Interface",
     "Attachments",
+    "HookLock",
     "list_interfaces",
     "get_interface",
+    "find_interface",
     "cleanup",
     "TC_HANDLE",
     "TC_PRIO",
@@ -196,6 +199,18 @@ def _interface(ipr: IPRoute, link: object, with_attach: bool = True) -> Interfac
     return iface
 
 
+def find_interface(name: str) -> Interface | None:
+    """The interface named `name` now, or None when there is none (no attachment details)."""
+    with _ipr() as ipr:
+        idx = ipr.link_lookup(ifname=name)
+        if not idx:
+            return None
+        try:
+            return _interface(ipr, ipr.get_links(idx[0])[0], with_attach=False)
+        except NetlinkError:
+            return None
+
+
 def list_interfaces() -> list[Interface]:
     """Every interface of this network namespace, with what is attached."""
     with _ipr() as ipr:
@@ -338,6 +353,49 @@ class _TcAttachment:
             raise AttachError(f"removing our TC filter from {self.iface.name} failed: {exc}") from exc
 
 
+class HookLock:
+    """An exclusive lock per network namespace, interface and hook (xdp, tc-ingress, tc-egress).
+
+    A second agent on the same hook would otherwise take our filter for a stale one and
+    replace it. flock() dies with its process, so a SIGKILLed run leaves no lock behind."""
+
+    def __init__(self, ifname: str, hook: str) -> None:
+        self.path = _state_dir() / f"{_netns_id()}-{ifname}-{hook}.lock"
+        self.ifname, self.hook = ifname, hook
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            log.warning("cannot create lock %s (%s): not guarding against a second agent", self.path, exc.strerror)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            finally:
+                os.close(fd)
+            raise AttachError(
+                f"another xtrace-catch (pid {other}) is already watching {self.ifname} ({self.hook}); "
+                f"stop it first (kill {other}), or watch another hook"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError:
+                pass
+            os.close(fd)
+
+
 class Attachments:
     """Everything we attached to one interface; detaches in reverse order, once.
 
@@ -349,17 +407,25 @@ class Attachments:
         self.notify: Notify = notify or (lambda msg: log.warning("%s", msg))
         self.ipr = _ipr()
         self._items: list[_XdpAttachment | _TcAttachment] = []
+        self._locks: list[HookLock] = []
         self._created_qdisc = False
         self.xdp_mode = ""
 
+    def _lock(self, hook: str) -> None:
+        lk = HookLock(self.iface.name, hook)
+        lk.acquire()
+        self._locks.append(lk)
+
     def attach_xdp(self, prog_fd: int, mode: str = XdpMode.AUTO) -> str:
         """Attach XDP; returns the mode used ('native' or 'generic')."""
+        self._lock("xdp")
         att = _XdpAttachment(self.ipr, self.iface, prog_fd, mode, self.notify)
         self._items.append(att)
         self.xdp_mode = att.mode_name
         return att.mode_name
 
     def attach_tc(self, direction: Direction, prog_fd: int) -> None:
+        self._lock(f"tc-{direction.label}")
         if not self._created_qdisc and not _has_clsact(self.ipr, self.iface.index):
             try:
                 self.ipr.tc("add", "clsact", self.iface.index)
@@ -376,6 +442,16 @@ class Attachments:
             self._created_qdisc = True
             self._save_state()
         self._items.append(_TcAttachment(self.ipr, self.iface, direction, prog_fd, self.notify))
+
+    def forget(self) -> None:
+        """The interface is gone and our attachments with it: drop them without netlink calls."""
+        self._items.clear()
+        if self._created_qdisc:
+            self._created_qdisc = False
+            _state_file(self.iface.name).unlink(missing_ok=True)
+        self.ipr.close()
+        while self._locks:
+            self._locks.pop().release()
 
     def _save_state(self) -> None:
         try:
@@ -402,6 +478,8 @@ class Attachments:
             except (NetlinkError, OSError) as exc:
                 errors.append(exc)
         self.ipr.close()
+        while self._locks:
+            self._locks.pop().release()
         if errors:
             raise AttachError(f"detaching from {self.iface.name}: {errors[0]}") from errors[0]
 

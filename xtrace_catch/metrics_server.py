@@ -15,16 +15,16 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def parse_addr(text: str) -> tuple[str, int]:
-    """'HOST:PORT', '[::1]:PORT' or ':PORT' (all addresses) -> (host, port)."""
+    """'HOST:PORT', '[::1]:PORT' or ':PORT' (127.0.0.1) -> (host, port)."""
     t = text.strip()
     host, sep, port_s = t.rpartition(":")
     if not sep or not port_s.isdigit() or not 0 < int(port_s) < 65536:
-        raise UsageError(f"--metrics-addr {text!r}: give HOST:PORT with a port 1..65535, e.g. 0.0.0.0:9435")
+        raise UsageError(f"--metrics-addr {text!r}: give HOST:PORT with a port 1..65535, e.g. 127.0.0.1:9435")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
         raise UsageError(f"--metrics-addr {text!r}: write IPv6 hosts in brackets, e.g. [::1]:9435")
-    return host or "0.0.0.0", int(port_s)
+    return host or "127.0.0.1", int(port_s)  # only what the user names is exposed
 
 
 class MetricsServer:
