@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, TextIO, TypeVar
 import numpy as np
 
 from . import attach, output
+from .bypass import BypassPort, BypassTracker, kernel_roce_bytes, resolve_port
 from .caps import check_bpf_privileges
 from .collector import Collector, Interval
 from .metrics import Batch, MetricsConfig, SeriesTable, render_text
@@ -26,6 +27,7 @@ from .settings import Mode, Output, Settings
 
 if TYPE_CHECKING:
     from .exporter import Pusher
+    from .live import LiveView
     from .metrics_server import MetricsServer
 
 __all__ = ["run", "run_counters", "host_ip_for"]
@@ -35,6 +37,7 @@ TC_PROGS = {Direction.INGRESS: PROG_TC_INGRESS, Direction.EGRESS: PROG_TC_EGRESS
 Notify = Callable[[str], None]
 Sample = tuple[str, str, str, dict[str, str], float]
 T = TypeVar("T")
+FlowResult = tuple[Interval, "BypassPort | None"]
 
 
 def host_ip_for(iface: attach.Interface) -> str:
@@ -52,23 +55,59 @@ def host_ip_for(iface: attach.Interface) -> str:
 
 
 class Emitter:
-    """Writes intervals as text or JSON lines."""
+    """Writes intervals as text or JSON lines, or redraws the live table."""
 
-    def __init__(self, settings: Settings, iface: str, host_ip: str, capacity: int, out: TextIO) -> None:
+    def __init__(self, settings: Settings, iface: str, host_ip: str, capacity: int, out: TextIO,
+                 notify: Notify | None = None, export: Export | None = None) -> None:
         self.s, self.iface, self.host_ip, self.capacity, self.out = settings, iface, host_ip, capacity, out
+        self.export = export
+        self.live: LiveView | None = None
+        if settings.output is Output.TABLE:
+            from rich.console import Console
 
-    def emit(self, iv: Interval) -> None:
+            from .live import LiveView
+
+            lv = LiveView(Console(file=out))
+            if lv.is_terminal:
+                self.live = lv
+            elif notify is not None:
+                notify("stdout is not a terminal: writing text lines instead of the live table")
+        dirs = "+".join(d.label for d in settings.direction.directions)
+        self.mode_desc = f"{settings.mode.value} {dirs}"
+
+    def _export_status(self) -> str:
+        if self.export is None or self.export.pusher is None:
+            return ""
+        ps = self.export.pusher.stats
+        return f"push {ps.successes} ok / {ps.failures} failed, buffer {self.export.pusher.queued_samples}"
+
+    def emit(self, res: FlowResult) -> None:
+        iv, bp = res
         rows = output.decode_flows(iv.keys, iv.delta, iv.totals)
+        if self.live is not None:
+            from .live import ViewState
+
+            self.live.update(ViewState(interface=self.iface, mode=self.mode_desc, iv=iv, rows=rows,
+                                       capacity=self.capacity, export=self._export_status(), bypass=bp))
+            return
         summ = output.summary(iv, self.iface, self.capacity)
         lines: list[str] = []
         if self.s.output is Output.JSON:
             lines.extend(output.dumps(output.json_record(r, iv.time, self.iface, self.host_ip)) for r in rows)
+            if bp is not None:
+                lines.append(output.dumps(bp.record()))
             lines.append(output.dumps(summ))
         else:
             lines.extend(output.text_line(r, self.host_ip) for r in rows)
+            if bp is not None:
+                lines.append(bp.text())
             lines.append(output.summary_text(summ))
         self.out.write("\n".join(lines) + "\n")
         self.out.flush()
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.close()
 
 
 def run(settings: Settings, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
@@ -101,15 +140,24 @@ def run(settings: Settings, out: TextIO = sys.stdout, err: TextIO = sys.stderr) 
             log.info("excluding DNS: port 53 and %d server addresses", len(servers))
         with Watch(settings, dp, iface, notify) as watch:
             collector = Collector(dp, idle_timeout=settings.idle_timeout_s)
-            emitter = Emitter(settings, iface.name, host_ip, settings.max_flows, out)
             export = Export(settings, iface.name, host_ip, collector) if settings.export.any else None
+            emitter = Emitter(settings, iface.name, host_ip, settings.max_flows, out, notify, export)
+            tracker = _bypass_tracker(settings, iface.name, notify)
+            extra = {"interface": iface.name, "host_ip": host_ip, "collect_agg": settings.export.collect_agg}
 
-            def step() -> tuple[Interval, Batch | None]:
+            def step() -> tuple[FlowResult, Batch | None]:
                 iv = collector.collect()
                 watch.check()
-                return iv, (export.batch(iv) if export is not None else None)
+                bp = tracker.update(kernel_roce_bytes(iv)) if tracker is not None else None
+                batch = export.batch(iv) if export is not None else None
+                if batch is not None and bp is not None:
+                    batch.health.extend(bp.samples(extra))
+                return (iv, bp), batch
 
-            asyncio.run(_loop(settings, step, emitter.emit, export, notify))
+            try:
+                asyncio.run(_loop(settings, step, emitter.emit, export, notify))
+            finally:
+                emitter.close()
     return 0
 
 
@@ -325,6 +373,16 @@ async def _loop(settings: Settings, step: Callable[[], tuple[T, Batch | None]], 
             loop.remove_signal_handler(sig)
         if export is not None:
             await export.stop()
+
+
+def _bypass_tracker(settings: Settings, ifname: str, notify: Notify) -> BypassTracker | None:
+    """The NIC-vs-kernel comparison for the RDMA port behind the interface (or --rdma-device)."""
+    found = resolve_port(settings.sysfs_root, ifname, settings.rdma_device)
+    if found is None:
+        return None
+    device, port = found
+    notify(f"comparing with RDMA {device} port {port}: NIC bytes the kernel did not see are reported as bypass")
+    return BypassTracker(settings.sysfs_root, device, port)
 
 
 def run_counters(settings: Settings, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:

@@ -55,13 +55,15 @@ def run_cmd(
     exclude_dns: Annotated[bool, typer.Option("--exclude-dns", help="Drop DNS: port 53 and known DNS servers.")] = False,
     dns_server: Annotated[Optional[list[str]], typer.Option(
         "--dns-server", help="Extra DNS server address for --exclude-dns (repeatable).")] = None,
-    output: Annotated[str, typer.Option("--output", help="text or json.")] = "text",
+    output: Annotated[str, typer.Option("--output", help="text, json or table (live view).")] = "text",
     count: Annotated[Optional[int], typer.Option("--count", help="Stop after N intervals.")] = None,
     xdp_mode: Annotated[str, typer.Option("--xdp-mode", help="auto, native or generic (SKB).")] = "auto",
     idle_timeout: Annotated[float, typer.Option(
         "--idle-timeout", help="Seconds without packets before a flow leaves the kernel map.")] = 60.0,
     max_flows: Annotated[int, typer.Option("--max-flows", help="Kernel flow map capacity.")] = DEFAULT_FLOWS,
     device: Annotated[Optional[str], typer.Option("--device", help="RDMA device (rdma/nccl modes).")] = None,
+    rdma_device: Annotated[Optional[str], typer.Option(
+        "--rdma-device", help="RDMA device to compare with in xdp/tc modes (kernel bypass).")] = None,
     sysfs_root: Annotated[str, typer.Option(
         "--sysfs-root", envvar="XTRACE_SYSFS_ROOT", help="sysfs to read RDMA counters from (rdma/nccl).")] = "/sys",
     vm_enabled: Annotated[Optional[bool], typer.Option(
@@ -106,10 +108,8 @@ def run_cmd(
         interface=interface, mode=mode, direction=direction, filter_=filter_, interval=interval,
         exclude_dns=exclude_dns, dns_servers=dns_server or [], output=output, count=count, verbose=verbose,
         xdp_mode=xdp_mode, idle_timeout=idle_timeout, max_flows=max_flows, device=device, export=export,
-        sysfs_root=sysfs_root,
+        sysfs_root=sysfs_root, rdma_device=rdma_device,
     )
-    if s.output.value == "table":
-        raise UsageError("--output table is not available in this version yet; use text or json")
     from . import agent
 
     if s.mode in (Mode.RDMA, Mode.NCCL):

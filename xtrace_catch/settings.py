@@ -140,13 +140,15 @@ class Settings:
     max_flows: int = DEFAULT_FLOWS
     device: str | None = None
     sysfs_root: str = "/sys"
+    rdma_device: str | None = None  # the unified RoCE view's device in xdp/tc modes
     export: ExportSettings = field(default_factory=ExportSettings)
 
     @classmethod
     def from_options(cls, *, interface: str, mode: str, direction: str | None, filter_: str, interval: str,
                      exclude_dns: bool, dns_servers: list[str], output: str, count: int | None, verbose: bool,
                      xdp_mode: str, idle_timeout: float, max_flows: int, device: str | None,
-                     export: ExportSettings | None = None, sysfs_root: str = "/sys") -> Settings:
+                     export: ExportSettings | None = None, sysfs_root: str = "/sys",
+                     rdma_device: str | None = None) -> Settings:
         """Validate raw option strings; UsageError names the bad value and the fix."""
         m = _choice(Mode, mode, "mode")
         assert isinstance(m, Mode)
@@ -184,6 +186,8 @@ class Settings:
             raise UsageError(f"--count {count}: give a number of intervals >= 1")
         if xdp_mode not in ("auto", "native", "generic"):
             raise UsageError(f"unknown --xdp-mode {xdp_mode!r}; choose one of: auto, native, generic")
+        if m in (Mode.RDMA, Mode.NCCL) and out is Output.TABLE:
+            raise UsageError(f"--output table shows flows (-m xdp/tc); -m {m.value} writes text or json")
         if m in (Mode.RDMA, Mode.NCCL) and (exclude_dns or f is not Filter.ALL):
             raise UsageError(f"-f/--exclude-dns filter packets; -m {m.value} reads NIC counters: use -m xdp or -m tc")
         if not sysfs_root.strip():
@@ -200,4 +204,4 @@ class Settings:
         return cls(interface=interface, mode=m, direction=d, filter=f, interval_ms=ivl, exclude_dns=exclude_dns,
                    dns_servers=tuple(dns_servers), output=out, count=count, verbose=verbose, xdp_mode=xdp_mode,
                    idle_timeout_s=idle_timeout, max_flows=max_flows, device=dev, export=export or ExportSettings(),
-                   sysfs_root=sysfs_root)
+                   sysfs_root=sysfs_root, rdma_device=rdma_device)

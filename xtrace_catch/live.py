@@ -1,0 +1,158 @@
+"""`--output table`: a top-like view redrawn every interval (rich). Falls back to text lines when
+stdout is not a terminal. `render()` is pure, so tests compare its exact output at a fixed width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from .bypass import BypassPort
+from .collector import Interval
+from .layout import Direction, TrafficType
+from .output import FlowRow
+
+__all__ = ["ViewState", "render", "LiveView", "rate", "TYPE_STYLE"]
+
+TYPE_SHORT = {
+    TrafficType.TCP: "TCP", TrafficType.UDP: "UDP", TrafficType.ICMP: "ICMP", TrafficType.ROCE_V2: "RoCEv2",
+    TrafficType.ROCE_V1: "RoCEv1", TrafficType.IPOIB: "IPoIB", TrafficType.OTHER: "Other",
+}
+TYPE_STYLE = {
+    TrafficType.TCP: "cyan", TrafficType.UDP: "blue", TrafficType.ICMP: "yellow", TrafficType.ROCE_V2: "magenta",
+    TrafficType.ROCE_V1: "bright_magenta", TrafficType.IPOIB: "green", TrafficType.OTHER: "white",
+}
+HEADER_LINES = 5
+
+
+def rate(value: float, unit: str = "") -> str:
+    """A compact rate: 950, 12.3k, 4.56M, 1.23G (+unit)."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            v = value / scale
+            return f"{v:.3g}{suffix}{unit}" if v < 100 else f"{v:.0f}{suffix}{unit}"
+    return f"{value:.0f}{unit}"
+
+
+@dataclass
+class ViewState:
+    """What one frame shows."""
+
+    interface: str
+    mode: str  # e.g. "tc ingress+egress"
+    iv: Interval
+    rows: list[FlowRow]
+    capacity: int
+    export: str = ""  # e.g. "push 12 ok / 0 failed, buffer 0"
+    bypass: BypassPort | None = None
+    now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+def _endpoint(ip: str, port: int) -> str:
+    if not ip:
+        return "-"
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _header(st: ViewState) -> list[Text]:
+    iv = st.iv
+    secs = max(iv.elapsed, 1e-9)
+    pk = iv.packets
+    by = iv.bytes
+    by_type: dict[TrafficType, int] = {}
+    by_dir = {d: 0 for d in Direction}
+    for r in st.rows:
+        by_type[r.traffic_type] = by_type.get(r.traffic_type, 0) + r.d("bytes")
+        by_dir[r.direction] += r.d("bytes")
+    s = iv.stats_delta
+    lines = [
+        Text.assemble(("xtrace-catch", "bold"), f"  {st.interface}  {st.mode}  every {iv.elapsed:.1f}s  "
+                      f"interval {iv.seq}  {st.now.strftime('%H:%M:%S')}Z"),
+        Text(f"flows {len(st.rows)} (tracked {iv.flows_tracked}/{st.capacity})  total {rate(by * 8 / secs, 'bit/s')}"
+             f" {rate(pk / secs, 'pkt/s')}"),
+    ]
+    t = Text("by type:")
+    for tt, b in sorted(by_type.items(), key=lambda kv: -kv[1]):
+        t.append(" ")
+        t.append(TYPE_SHORT[tt], style=TYPE_STYLE[tt])
+        t.append(f" {rate(b * 8 / secs)}")
+    if not by_type:
+        t.append(" -")
+    lines.append(t)
+    health = (f"in {rate(by_dir[Direction.INGRESS] * 8 / secs)}  out {rate(by_dir[Direction.EGRESS] * 8 / secs)}  "
+              f"overflowed {s['overflowed']}  truncated {s['truncated']}  filtered {s['filtered']}")
+    h = Text(health)
+    if s["overflowed"]:
+        h.append("  MAP FULL", style="bold red")
+    if st.export:
+        h.append(f"  {st.export}")
+    lines.append(h)
+    if st.bypass is not None:
+        b = st.bypass
+        lines.append(Text(f"RDMA {b.device}/{b.port} bypassed kernel: "
+                          f"in {rate(b.bypass[Direction.INGRESS] * 8 / secs, 'bit/s')}  "
+                          f"out {rate(b.bypass[Direction.EGRESS] * 8 / secs, 'bit/s')}"))
+    else:
+        lines.append(Text("RDMA counters: none for this interface (hardware RoCE is invisible here)", style="dim"))
+    return lines
+
+
+def render(st: ViewState, height: int = 24) -> Group:
+    """One frame: the header and as many flows as fit in `height` lines, largest first."""
+    table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 1), expand=True, header_style="bold")
+    table.add_column("FLOW", ratio=1, no_wrap=True, overflow="ellipsis", min_width=20)
+    table.add_column("TYPE", no_wrap=True, width=6)
+    table.add_column("DIR", no_wrap=True, width=3)
+    table.add_column("QP", no_wrap=True, justify="right", width=6)
+    table.add_column("BIT/S", no_wrap=True, justify="right", width=6)
+    table.add_column("PKT/S", no_wrap=True, justify="right", width=6)
+    table.add_column("ECN", no_wrap=True, justify="right", width=4)
+    table.add_column("CNP", no_wrap=True, justify="right", width=4)
+    secs = max(st.iv.elapsed, 1e-9)
+    room = max(1, height - HEADER_LINES - 2)
+    for r in st.rows[:room]:
+        flow = f"{_endpoint(r.src_ip, r.src_port)}>{_endpoint(r.dst_ip, r.dst_port)}"
+        if not r.src_ip:
+            flow = f"ethertype {r.eth_proto:#06x}"
+        table.add_row(
+            flow, Text(TYPE_SHORT[r.traffic_type], style=TYPE_STYLE[r.traffic_type]),
+            "in" if r.direction is Direction.INGRESS else "out",
+            f"{r.dst_qp:x}" if r.is_roce else "-",
+            rate(r.d("bytes") * 8 / secs), rate(r.d("packets") / secs),
+            str(r.d("ecn_ce")) if r.d("ecn_ce") else "-", str(r.d("cnp")) if r.d("cnp") else "-",
+        )
+    more = len(st.rows) - room
+    parts: list[Text | Table] = [*_header(st), table]
+    if more > 0:
+        parts.append(Text(f"... {more} more flows", style="dim"))
+    return Group(*parts)
+
+
+class LiveView:
+    """Redraws the view in place every interval; resizes follow the terminal."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console()
+        self._live: Live | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.console.is_terminal
+
+    def update(self, st: ViewState) -> None:
+        frame = render(st, height=self.console.size.height)
+        if self._live is None:
+            self._live = Live(frame, console=self.console, auto_refresh=False, transient=False)
+            self._live.start()
+        self._live.update(frame, refresh=True)
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
