@@ -120,7 +120,11 @@ def json_record(r: FlowRow, ts: float, interface: str, host_ip: str) -> dict[str
 
 
 def summary(iv: Interval, interface: str, capacity: int) -> dict[str, Any]:
-    """The interval summary record (`"record": "summary"`)."""
+    """The interval summary record (`"record": "summary"`).
+
+    The packet accounting comes from the kernel's per-CPU stats, read right after the flow
+    map: under traffic a packet counted between the two reads shows in this summary and in
+    the next interval's flow lines. Totals since start always agree once traffic pauses."""
     s, st = iv.stats_delta, iv.stats_total
     return {
         "record": "summary", "timestamp": rfc3339(iv.time), "ifname": interface, "interval": iv.seq,
@@ -130,8 +134,10 @@ def summary(iv: Interval, interface: str, capacity: int) -> dict[str, Any]:
         "packets_counted": s["counted"], "bytes_counted": s["counted_bytes"],
         "packets_filtered": s["filtered"], "packets_truncated": s["truncated"],
         "packets_overflowed": s["overflowed"], "bytes_overflowed": s["overflowed_bytes"],
-        "packets_seen_total": st["seen"], "packets_overflowed_total": st["overflowed"],
-        "packets_truncated_total": st["truncated"], "packets_filtered_total": st["filtered"],
+        "packets_seen_total": st["seen"], "packets_counted_total": st["counted"],
+        "packets_filtered_total": st["filtered"], "packets_truncated_total": st["truncated"],
+        "packets_overflowed_total": st["overflowed"],
+        "bytes_seen_total": st["seen_bytes"], "bytes_counted_total": st["counted_bytes"],
     }
 
 
