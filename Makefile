@@ -12,7 +12,7 @@ BPF_CFLAGS := -g -O2 -target bpf -Wall -Werror -I ebpf -I $(ARCH_INC) \
 # Debian 12 packages: running needs libbpf1 + python3-venv + iproute2; building the
 # object needs clang/llvm/libbpf-dev; 'make libbpf' needs dpkg-dev, libelf-dev, zlib1g-dev
 # and pkg-config; the tests need the rest.
-DEB_PKGS  := make gcc clang llvm libbpf1 libbpf-dev bpftool iproute2 python3 python3-venv python3-pip \
+DEB_PKGS  := make gcc clang llvm libbpf1 libbpf-dev bpftool iproute2 python3 python3-venv python3-pip tmux \
 	dpkg-dev libelf-dev zlib1g-dev pkg-config \
 	tshark tcpreplay victoria-metrics prometheus libcap2-bin
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -198,3 +198,9 @@ docker-logs:
 docker-clean:
 	-$(COMPOSE) down -v
 	-$(DOCKER) rmi $(IMAGE)
+
+# The long run of tests/test_soak.py: 10 minutes of churning flows (the normal suite runs it for 60 s).
+.PHONY: soak
+soak: $(VENV)/bin/python
+	$(VENV)/bin/pip install -q -e '.[test]'
+	XTRACE_SOAK_SECONDS=600 $(VENV)/bin/python -m pytest -q -m soak tests

@@ -103,6 +103,7 @@ class BypassTracker:
         self.reader = rdma.RdmaReader(root, [device])
         self._last = self._read()
         self._total = {d: 0 for d in Direction}
+        self._pending = {d: 0 for d in Direction}  # kernel RoCE bytes not yet matched with a NIC reading
 
     def _read(self) -> dict[Direction, int | None]:
         nb = self.reader.nic_bytes().get((self.device, self.port))
@@ -111,16 +112,28 @@ class BypassTracker:
         return {Direction.INGRESS: nb.rx_bytes, Direction.EGRESS: nb.tx_bytes}
 
     def update(self, kernel: dict[Direction, int]) -> BypassPort:
+        """One interval: `kernel` is the RoCE bytes the datapath counted in it, per direction.
+
+        While the NIC counter is unreadable, the kernel's bytes are kept and subtracted from
+        the NIC's change once it reads again (that change spans the whole gap). Backwards
+        steps follow rdma.counter_step on the 4-byte words: a 32-bit wrap counts the distance,
+        anything else is a reset (the new value is what was counted since)."""
         now = self._read()
         nic: dict[Direction, int | None] = {}
         bypass: dict[Direction, int] = {}
         for d in Direction:
             old, new = self._last[d], now[d]
+            self._pending[d] += kernel[d]
             if old is None or new is None:
                 nic[d] = None
-            else:
-                nic[d] = new - old if new >= old else new  # a reset: the new value is what was counted since
-            bypass[d] = max(0, (nic[d] or 0) - kernel[d]) if nic[d] is not None else 0
+                bypass[d] = 0
+                if new is not None:  # first good reading after an unreadable start: a new baseline
+                    self._pending[d] = 0
+                continue
+            words, _step = rdma.counter_step(old // rdma.DATA_WORD, new // rdma.DATA_WORD, None)
+            nic[d] = words * rdma.DATA_WORD
+            bypass[d] = max(0, nic[d] - self._pending[d])
+            self._pending[d] = 0
             self._total[d] += bypass[d]
         self._last = {d: (now[d] if now[d] is not None else self._last[d]) for d in Direction}
         return BypassPort(self.device, self.port, nic, dict(kernel), bypass, dict(self._total))

@@ -65,7 +65,7 @@ def run_cmd(
     rdma_device: Annotated[Optional[str], typer.Option(
         "--rdma-device", help="RDMA device to compare with in xdp/tc modes (kernel bypass).")] = None,
     sysfs_root: Annotated[str, typer.Option(
-        "--sysfs-root", envvar="XTRACE_SYSFS_ROOT", help="sysfs to read RDMA counters from (rdma/nccl).")] = "/sys",
+        "--sysfs-root", envvar="XTRACE_SYSFS_ROOT", help="sysfs to read RDMA counters from (rdma/nccl, --rdma-device).")] = "/sys",
     vm_enabled: Annotated[Optional[bool], typer.Option(
         "--vm-enabled/--vm-disabled", help="Push to VictoriaMetrics [env VICTORIAMETRICS_ENABLED, default false].",
         show_default=False)] = None,
@@ -143,7 +143,7 @@ def _export_settings(vm_enabled: bool | None, vm_url: str, collect_agg: str, vm_
     return ExportSettings(
         vm_enabled=enabled, vm_url=vm_url.strip(), collect_agg=collect_agg.strip(), credentials=creds,
         insecure=insecure, push_buffer_samples=push_buffer_samples, max_series=max_series,
-        drop_ephemeral_ports=drop_ephemeral_ports, metrics_addr=parse_addr(metrics_addr) if metrics_addr else None,
+        drop_ephemeral_ports=drop_ephemeral_ports, metrics_addr=parse_addr(metrics_addr) if metrics_addr is not None else None,
     )
 
 

@@ -99,12 +99,16 @@ def _header(st: ViewState) -> list[Text]:
                           f"out {rate(b.bypass[Direction.EGRESS] * 8 / secs, 'bit/s')}"))
     else:
         lines.append(Text("RDMA counters: none for this interface (hardware RoCE is invisible here)", style="dim"))
+    for line in lines:  # one screen line each, whatever the width: the row budget depends on it
+        line.no_wrap = True
+        line.overflow = "ellipsis"
     return lines
 
 
 def render(st: ViewState, height: int = 24) -> Group:
     """One frame: the header and as many flows as fit in `height` lines, largest first."""
-    table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 1), expand=True, header_style="bold")
+    table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0), expand=True,
+                  header_style="bold")
     table.add_column("FLOW", ratio=1, no_wrap=True, overflow="ellipsis", min_width=20)
     table.add_column("TYPE", no_wrap=True, width=6)
     table.add_column("DIR", no_wrap=True, width=3)
