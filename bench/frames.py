@@ -1,5 +1,6 @@
 """Benchmark frames, built byte by byte: Ethernet (optionally 802.1Q-tagged) carrying IPv4/IPv6 UDP or TCP,
-RoCE v2 (UDP 4791 + BTH) and RoCE v1 (ethertype 0x8915 + GRH + BTH).
+RoCE v2 (UDP 4791 + BTH) and RoCE v1 (ethertype 0x8915 + GRH + BTH). Also synthetic flow keys
+(``flow_keys``), as the datapath would write them, for the benchmarks of what user space does.
 
 Pure functions, no I/O. Addresses come from the documentation ranges only: 198.51.100.0/24 and
 203.0.113.0/24 (RFC 5737), 2001:db8::/32 (RFC 3849); MACs are locally administered.
@@ -9,6 +10,10 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+
+import numpy as np
+
+from xtrace_catch.layout import FLOW_KEY, TrafficType
 
 __all__ = [
     "PAYLOAD_LEN",
@@ -23,6 +28,7 @@ __all__ = [
     "roce_v1",
     "frame_classes",
     "many_ipv4_udp",
+    "flow_keys",
 ]
 
 ETH_P_IP = 0x0800
@@ -146,3 +152,29 @@ def many_ipv4_udp(n: int) -> list[bytes]:
         ipv4_udp(src=f"198.51.100.{1 + i % 254}", dst=V4_DST, sport=1024 + i // 254, dport=5201)
         for i in range(n)
     ]
+
+
+def flow_keys(n: int) -> np.ndarray:
+    """`n` pairwise distinct FLOW_KEY records, IPv4 (v4-mapped, as the datapath keys it), a third each
+    TCP to 443, UDP to 5201 and RoCE v2 (UDP 4791, dest QP 0x100-0x4e7), both directions. The source
+    walks 198.51.100.1-254, then the source port moves on (from 1024), as in `many_ipv4_udp`; the
+    destination walks 203.0.113.1-254."""
+    if not 0 < n <= 254 * (65536 - 1024):
+        raise ValueError(f"flow_keys: n={n} out of range")
+    i = np.arange(n)
+    keys = np.zeros(n, dtype=FLOW_KEY)
+    for name, net in (("src_addr", V4_SRC), ("dst_addr", V4_DST)):
+        a = keys[name]
+        a[:, 10:12] = 0xFF
+        a[:, 12:15] = np.frombuffer(ipaddress.IPv4Address(net).packed[:3], dtype=np.uint8)
+    keys["src_addr"][:, 15] = 1 + i % 254
+    keys["dst_addr"][:, 15] = 1 + (i // 7) % 254
+    kind = i % 3  # 0 TCP, 1 UDP, 2 RoCE v2
+    keys["src_port"] = 1024 + i // 254
+    keys["dst_port"] = np.choose(kind, [443, 5201, ROCE_V2_PORT])
+    keys["dst_qp"] = np.where(kind == 2, 0x100 + i % 1000, 0)
+    keys["eth_proto"] = ETH_P_IP
+    keys["protocol"] = np.where(kind == 0, IPPROTO_TCP, IPPROTO_UDP)
+    keys["traffic_type"] = np.choose(kind, [int(TrafficType.TCP), int(TrafficType.UDP), int(TrafficType.ROCE_V2)])
+    keys["direction"] = (i // 3) % 2
+    return keys

@@ -447,22 +447,34 @@ static __always_inline void add_value(struct flow_value *v, const struct pkt_inf
  * `segs` the packets it stands for on the wire (GSO), `vlan_hw` the
  * hardware-accelerated VLAN tag (TC only, 0 if none or in-frame).
  */
-static __always_inline void count_frame(void *data, void *data_end, __u32 len,
-					__u32 segs, __u32 vlan_hw_present, __u16 vlan_hw_tci,
+/* Parse into a fresh key: `vlan_hw_present`/`vlan_hw_tci` are the tag the kernel
+ * moved into metadata (TC only). */
+static __always_inline int parse_fresh(void *data, void *data_end, struct flow_key *key,
+				       struct pkt_info *pi, __u32 vlan_hw_present,
+				       __u16 vlan_hw_tci, __u8 direction)
+{
+	__builtin_memset(key, 0, sizeof(*key));
+	__builtin_memset(pi, 0, sizeof(*pi));
+	pi->opcode = -1;
+	key->direction = direction;
+	if (vlan_hw_present) {
+		key->vlan_id = vlan_hw_tci & 0x0fff;
+		pi->vlan_seen = 1;
+	}
+	return parse_frame(data, data_end, key, pi);
+}
+
+/*
+ * Count one parsed frame (`ret` is parse_frame's result). `len` is the frame
+ * length the hook sees, `segs` the packets it stands for on the wire (GSO).
+ */
+static __always_inline void count_frame(struct flow_key *kp, struct pkt_info *pip, int ret,
+					__u32 len, __u32 segs, __u32 vlan_hw_present,
 					__u8 direction)
 {
-	struct flow_key key;
-	struct pkt_info pi = { .opcode = -1 };
+	struct flow_key key = *kp;
+	struct pkt_info pi = *pip;
 	__u32 zero = 0;
-
-	__builtin_memset(&key, 0, sizeof(key));
-	key.direction = direction;
-	if (vlan_hw_present) {
-		key.vlan_id = vlan_hw_tci & 0x0fff;
-		pi.vlan_seen = 1;
-	}
-
-	int ret = parse_frame(data, data_end, &key, &pi);
 
 	/* Bytes as on the wire: each extra GSO segment repeats the headers,
 	 * and a tag the kernel moved into metadata was 4 bytes of every frame. */
@@ -523,8 +535,11 @@ int xtrace_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
+	struct flow_key key;
+	struct pkt_info pi;
 
-	count_frame(data, data_end, data_end - data, 1, 0, 0, XT_DIR_INGRESS);
+	int ret = parse_fresh(data, data_end, &key, &pi, 0, 0, XT_DIR_INGRESS);
+	count_frame(&key, &pi, ret, data_end - data, 1, 0, XT_DIR_INGRESS);
 	return XDP_PASS;
 }
 
@@ -548,16 +563,25 @@ static __always_inline int tc_count(struct __sk_buff *skb, __u8 direction)
 			segs = gs;
 	}
 
-	/* Headers of a non-linear skb may sit in fragments: pull them into
-	 * the linear part so direct packet access reaches them. */
-	__u32 linear = skb->data_end - skb->data;
-	if (linear < len && linear < TC_PULL_LEN)
-		bpf_skb_pull_data(skb, len < TC_PULL_LEN ? len : TC_PULL_LEN);
-
+	__u32 vlan_present = skb->vlan_present;
+	__u16 vlan_tci = skb->vlan_tci;
+	struct flow_key key;
+	struct pkt_info pi;
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 
-	count_frame(data, data_end, len, segs, skb->vlan_present, skb->vlan_tci, direction);
+	int ret = parse_fresh(data, data_end, &key, &pi, vlan_present, vlan_tci, direction);
+	/* Headers of a non-linear skb may sit in fragments, beyond direct packet
+	 * access: only then pull them into the linear part and parse again. A GSO
+	 * skb usually has its headers linear and costs no pull. */
+	__u32 linear = data_end - data;
+	if (ret != PARSE_OK && linear < len && linear < TC_PULL_LEN) {
+		bpf_skb_pull_data(skb, len < TC_PULL_LEN ? len : TC_PULL_LEN);
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		ret = parse_fresh(data, data_end, &key, &pi, vlan_present, vlan_tci, direction);
+	}
+	count_frame(&key, &pi, ret, len, segs, vlan_present, direction);
 	return TC_ACT_UNSPEC;
 }
 
