@@ -41,7 +41,7 @@ CASES: list[tuple[str, list[str], dict[str, str], list[str]]] = [
     ("xdp-egress", ["-i", NOIF, "-m", "xdp", "-d", "egress"], {}, ["egress", "-m tc -d egress"]),
     ("xdp-both", ["-i", NOIF, "-m", "xdp", "-d", "both"], {}, ["both", "-m tc -d both"]),
     ("xdp-egress-default-mode", ["-i", NOIF, "-d", "egress"], {}, ["-m tc -d egress"]),
-    ("output-table", ["-i", NOIF, "--output", "table"], {}, ["--output table", "not available", "text or json"]),
+    ("output-table-rdma", ["-m", "rdma", "--output", "table"], {}, ["--output table", "-m xdp/tc"]),
     # rdma/nccl read sysfs: point them at one that does not exist, or has no RDMA devices.
     ("rdma-no-sysfs", ["-i", NOIF, "-m", "rdma", "--sysfs-root", NOSYS], {}, [f"'{NOSYS}'", "/host/sys"]),
     ("nccl-no-sysfs", ["-i", NOIF, "-m", "nccl", "--sysfs-root", NOSYS], {}, [f"'{NOSYS}'", "/host/sys"]),

@@ -328,12 +328,20 @@ class Export:
         ]
         return h
 
-    async def stop(self) -> None:
+    async def stop(self, deadline_s: float = 5.0) -> None:
+        """Stop pushing and serving. The last push attempts take at most `deadline_s` in all:
+        a push in flight to a server that never answers would otherwise hold the exit (and
+        our attachments) for its whole HTTP timeout before drain() even starts."""
         self._stop.set()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline_s
         if self._task is not None:
-            await self._task
+            try:
+                await asyncio.wait_for(self._task, timeout=deadline_s)
+            except TimeoutError:
+                pass  # the hung push was cancelled; drain() retries it with the time left
         if self.pusher is not None:
-            await self.pusher.drain(deadline_s=5.0)
+            await self.pusher.drain(deadline_s=max(0.0, end - loop.time()))
             await self.pusher.aclose()
         if self.server is not None:
             await self.server.close()

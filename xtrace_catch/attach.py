@@ -89,6 +89,30 @@ def _state_file(ifname: str) -> Path:
     return _state_dir() / f"{_netns_id()}-{ifname}.json"
 
 
+def _xdp_state_file(ifname: str) -> Path:
+    """Records the id of the XDP program we attached: without CAP_SYS_ADMIN a program's name
+    cannot be read back (bpf_prog_get_fd_by_id), so a killed run's program is known by its id."""
+    return _state_dir() / f"{_netns_id()}-{ifname}-xdp.json"
+
+
+def _recorded_xdp_id(ifname: str, index: int) -> int:
+    try:
+        st = json.loads(_xdp_state_file(ifname).read_text())
+    except (OSError, ValueError):
+        return 0
+    if not isinstance(st, dict) or st.get("ifindex") != index:
+        return 0
+    return int(st.get("prog_id") or 0)
+
+
+def _xdp_is_ours(ifname: str, index: int, prog_id: int, name: str) -> bool:
+    """Whether XDP program `prog_id` on the interface is one of ours (by name, or, when the name
+    cannot be read, by the id a run of ours recorded)."""
+    if name in OUR_PROG_NAMES:
+        return True
+    return name == "?" and prog_id != 0 and _recorded_xdp_id(ifname, index) == prog_id
+
+
 @dataclass
 class Interface:
     index: int
@@ -255,7 +279,7 @@ class _XdpAttachment:
         name = self.iface.name
         pid, pname = self._current()
         if pid:
-            if pname not in OUR_PROG_NAMES:
+            if not _xdp_is_ours(name, self.iface.index, pid, pname):
                 raise AttachError(
                     f"{name} already has XDP program id {pid} ({pname}); xtrace-catch never replaces another "
                     f"program: see it with 'ip link show {name}' or 'bpftool net show dev {name}', detach it, "
@@ -269,6 +293,7 @@ class _XdpAttachment:
             try:
                 self._set(XDP_FLAGS_UPDATE_IF_NOEXIST | flag, self.fd)
                 self.mode_flag = flag
+                self._record()
                 if flag == XDP_FLAGS_SKB_MODE and mode == XdpMode.AUTO:
                     notify(f"the driver of {name} lacks native XDP: using generic (SKB) mode, which is slower")
                 return
@@ -291,6 +316,16 @@ class _XdpAttachment:
                 "run as root or grant CAP_NET_ADMIN" if code == errno.EPERM else "run with -v for details")
         raise AttachError(f"attaching XDP to {name} failed: {_libbpf.errno_name(code)}; {hint}") from last_exc
 
+    def _record(self) -> None:
+        link = self.ipr.get_links(self.iface.index)[0]
+        prog_id = int(_xdp_attrs(link).get("IFLA_XDP_PROG_ID") or 0)  # type: ignore[call-overload]
+        try:
+            p = _xdp_state_file(self.iface.name)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(json.dumps({"ifindex": self.iface.index, "prog_id": prog_id, "pid": os.getpid()}))
+        except OSError as exc:
+            log.info("cannot record the XDP program id (%s)", exc)
+
     @property
     def mode_name(self) -> str:
         return "generic" if self.mode_flag == XDP_FLAGS_SKB_MODE else "native"
@@ -299,6 +334,7 @@ class _XdpAttachment:
         if self.mode_flag == 0:
             return
         flag, self.mode_flag = self.mode_flag, 0
+        _xdp_state_file(self.iface.name).unlink(missing_ok=True)
         try:
             self._set(XDP_FLAGS_REPLACE | flag, -1, expected=self.fd)
         except NetlinkError as exc:
@@ -525,23 +561,38 @@ def _remove_clsact_if_unused(ipr: IPRoute, index: int) -> bool:
 
 
 def _detach_xdp_prog(ipr: IPRoute, index: int, prog_id: int) -> bool:
-    """Detach XDP program `prog_id` from `index` only if it is still the attached one."""
+    """Detach XDP program `prog_id` from `index` only if it is still the attached one.
+
+    With CAP_SYS_ADMIN the kernel checks that (XDP_FLAGS_REPLACE + its fd as expected fd);
+    without it no fd can be had by id, so we check the attached id just before detaching
+    (we hold the hook's lock, so no other agent of ours attaches in between)."""
     lib = _libbpf.get()
     try:
-        fd = lib.prog_fd_by_id(prog_id)
+        fd: int | None = lib.prog_fd_by_id(prog_id)
     except LibbpfError:
-        return False
+        fd = None
     try:
         for flag in (XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE):
             try:
-                ipr.link("set", index=index, xdp={"attrs": [
-                    ("IFLA_XDP_FD", -1), ("IFLA_XDP_FLAGS", XDP_FLAGS_REPLACE | flag), ("IFLA_XDP_EXPECTED_FD", fd)]})
+                if fd is not None:
+                    ipr.link("set", index=index, xdp={"attrs": [
+                        ("IFLA_XDP_FD", -1), ("IFLA_XDP_FLAGS", XDP_FLAGS_REPLACE | flag),
+                        ("IFLA_XDP_EXPECTED_FD", fd)]})
+                else:
+                    link = ipr.get_links(index)[0]
+                    if int(_xdp_attrs(link).get("IFLA_XDP_PROG_ID") or 0) != prog_id:  # type: ignore[call-overload]
+                        return False
+                    ipr.link("set", index=index, xdp={"attrs": [("IFLA_XDP_FD", -1), ("IFLA_XDP_FLAGS", flag)]})
+                    link = ipr.get_links(index)[0]
+                    if int(_xdp_attrs(link).get("IFLA_XDP_PROG_ID") or 0) == prog_id:  # type: ignore[call-overload]
+                        continue  # attached in the other mode
                 return True
             except NetlinkError:
                 continue
         return False
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 def cleanup(ifname: str) -> list[str]:
@@ -549,11 +600,25 @@ def cleanup(ifname: str) -> list[str]:
     ours created) from an interface. Returns what was removed."""
     iface = get_interface(ifname)
     removed: list[str] = []
+    # A running agent holds its hooks' locks: never pull the programs from under it.
+    locks = [HookLock(ifname, hook) for hook in ("xdp", "tc-ingress", "tc-egress")]
+    try:
+        for lk in locks:
+            lk.acquire()
+        return _cleanup(iface, removed)
+    finally:
+        for lk in locks:
+            lk.release()
+
+
+def _cleanup(iface: Interface, removed: list[str]) -> list[str]:
+    ifname = iface.name
     with _ipr() as ipr:
         link = ipr.get_links(iface.index)[0]
         pid = int(_xdp_attrs(link).get("IFLA_XDP_PROG_ID") or 0)  # type: ignore[call-overload]
-        if pid and _prog_name(pid) in OUR_PROG_NAMES and _detach_xdp_prog(ipr, iface.index, pid):
+        if pid and _xdp_is_ours(ifname, iface.index, pid, _prog_name(pid)) and _detach_xdp_prog(ipr, iface.index, pid):
             removed.append(f"XDP program id {pid}")
+        _xdp_state_file(ifname).unlink(missing_ok=True)
         if _has_clsact(ipr, iface.index):
             for d in Direction:
                 f, ours = _our_filter(ipr, iface.index, d)

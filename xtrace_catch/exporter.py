@@ -61,6 +61,11 @@ def classify_url(url: str) -> PushFormat:
         raise UsageError(f"VictoriaMetrics URL {redact_url(url)!r} is not a valid URL; {accepted}") from None
     if u.scheme not in ("http", "https") or not u.hostname:
         raise UsageError(f"VictoriaMetrics URL {redact_url(url)!r} needs http:// or https:// and a host; {accepted}")
+    try:
+        httpx.Request("POST", url.strip())  # what the client will refuse (control characters, bad IDNA labels)
+    except (httpx.InvalidURL, ValueError):
+        raise UsageError(f"VictoriaMetrics URL {redact_url(url)!r} is not a valid URL (control characters or a "
+                         f"malformed host name); {accepted}") from None
     if _RW_PATH.search(u.path):
         return PushFormat.REMOTE_WRITE
     if _TEXT_PATH.search(u.path):
@@ -106,8 +111,12 @@ class Pusher:
     def __init__(self, url: str, table: SeriesTable, credentials: Credentials | None = None,
                  insecure: bool = False, timeout: float = 10.0, buffer_samples: int = 3_000_000,
                  backoff_base: float = 0.5, backoff_max: float = 30.0) -> None:
-        self.url = url
         self.format = classify_url(url)
+        # user:password@ in the URL becomes basic auth (as httpx would do itself) and leaves
+        # the URL: httpx logs the request URL (shown with -v), and the password must not be in it.
+        u = httpx.URL(url.strip())
+        url_auth = httpx.BasicAuth(u.username, u.password) if u.userinfo else None
+        self.url = str(u.copy_with(username=None, password=None)) if u.userinfo else url.strip()
         self.table = table
         self.encoder = RemoteWriteEncoder(table) if self.format is PushFormat.REMOTE_WRITE else None
         self.creds = credentials or Credentials()
@@ -120,7 +129,7 @@ class Pusher:
         self._logged_status: set[int] = set()
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)), verify=not insecure,
-            auth=_basic_auth(self.creds), headers=_auth_headers(self.creds),
+            auth=_basic_auth(self.creds) or url_auth, headers=_auth_headers(self.creds),
             limits=httpx.Limits(max_connections=2, max_keepalive_connections=2),
         )
 
