@@ -166,48 +166,8 @@ class ProtoSeriesTable(SeriesTable):
         return Batch(seq=iv.seq, ts_ms=int(iv.time * 1000), ids=uniq.astype(np.int64), values=agg)
 
 
-class ProtoEncoder(RemoteWriteEncoder):
-    """RemoteWriteEncoder.encode without per-sample concatenation: each TimeSeries goes into the
-    output as its parts (outer tag and length, __name__, cached label bytes, Sample tag and length,
-    the double, the timestamp), and the outer length's bytes are cached by label length (a handful
-    of distinct values), so per sample what is left is two dict lookups and one list extend. No
-    cache per series beyond the label bytes the encoder already keeps. Same bytes (checked)."""
-
-    def encode(self, batch: Batch) -> bytes:
-        ts = b"\x10" + _varint(batch.ts_ms & 0xFFFFFFFFFFFFFFFF) if batch.ts_ms else b""
-        lt = len(ts)
-        labs = [self._series_labels(s) for s in batch.ids.tolist()]
-        parts: list[bytes] = []
-        ext = parts.extend
-        nz_tail = b"\x12" + _varint(9 + lt) + b"\x09"  # Sample with a double (a zero double is not written)
-        z_tail = b"\x12" + _varint(lt)
-        for mi, (_name, _t, _h, col) in enumerate(FLOW_METRICS):
-            name = self._names[mi]
-            base_nz = len(name) + len(nz_tail) + 8 + lt
-            base_z = len(name) + len(z_tail) + lt
-            head_nz: dict[int, bytes] = {}
-            head_z: dict[int, bytes] = {}
-            d = batch.values[:, col].astype("<f8")
-            raw = d.tobytes()
-            nz = (d != 0).tolist()
-            for i, lab in enumerate(labs):
-                ln = len(lab)
-                if nz[i]:
-                    h = head_nz.get(ln)
-                    if h is None:
-                        h = head_nz[ln] = b"\x0a" + _varint(base_nz + ln)
-                    ext((h, name, lab, nz_tail, raw[8 * i:8 * i + 8], ts))
-                else:
-                    h = head_z.get(ln)
-                    if h is None:
-                        h = head_z[ln] = b"\x0a" + _varint(base_z + ln)
-                    ext((h, name, lab, z_tail, ts))
-        if batch.health:
-            parts.append(RemoteWriteEncoder.encode(self, Batch(seq=batch.seq, ts_ms=batch.ts_ms,
-                                                               ids=np.zeros(0, np.int64),
-                                                               values=np.zeros((0, 4), np.uint64),
-                                                               health=batch.health)))
-        return b"".join(parts)
+# The encoder prototype was adopted by xtrace_catch/remote_write.py (same bytes, checked there).
+ProtoEncoder = RemoteWriteEncoder
 
 
 # -- measurement ----------------------------------------------------------------------------------
