@@ -89,6 +89,20 @@ def _state_file(ifname: str) -> Path:
     return _state_dir() / f"{_netns_id()}-{ifname}.json"
 
 
+def _write_record(path: Path, data: dict[str, object], what: str) -> None:
+    """A crash-state record (with our pid); failing to write one is logged, not fatal."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**data, "pid": os.getpid()}))
+    except OSError as exc:
+        log.info("cannot record %s (%s)", what, exc)
+
+
+def _attached_xdp_id(ipr: IPRoute, index: int) -> int:
+    """The id of the XDP program attached to `index`, 0 when none."""
+    return int(_xdp_attrs(ipr.get_links(index)[0]).get("IFLA_XDP_PROG_ID") or 0)  # type: ignore[call-overload]
+
+
 def _xdp_state_file(ifname: str) -> Path:
     """Records the id of the XDP program we attached: without CAP_SYS_ADMIN a program's name
     cannot be read back (bpf_prog_get_fd_by_id), so a killed run's program is known by its id."""
@@ -268,9 +282,7 @@ class _XdpAttachment:
         self.ipr.link("set", index=self.iface.index, xdp={"attrs": attrs})
 
     def _current(self) -> tuple[int, str]:
-        link = self.ipr.get_links(self.iface.index)[0]
-        x = _xdp_attrs(link)
-        pid = int(x.get("IFLA_XDP_PROG_ID") or 0)  # type: ignore[call-overload]
+        pid = _attached_xdp_id(self.ipr, self.iface.index)
         return pid, (_prog_name(pid) if pid else "")
 
     def _attach(self, mode: str, notify: Notify) -> None:
@@ -317,14 +329,8 @@ class _XdpAttachment:
         raise AttachError(f"attaching XDP to {name} failed: {_libbpf.errno_name(code)}; {hint}") from last_exc
 
     def _record(self) -> None:
-        link = self.ipr.get_links(self.iface.index)[0]
-        prog_id = int(_xdp_attrs(link).get("IFLA_XDP_PROG_ID") or 0)  # type: ignore[call-overload]
-        try:
-            p = _xdp_state_file(self.iface.name)
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(json.dumps({"ifindex": self.iface.index, "prog_id": prog_id, "pid": os.getpid()}))
-        except OSError as exc:
-            log.info("cannot record the XDP program id (%s)", exc)
+        _write_record(_xdp_state_file(self.iface.name), {"ifindex": self.iface.index,
+                      "prog_id": _attached_xdp_id(self.ipr, self.iface.index)}, "the XDP program id")
 
     @property
     def mode_name(self) -> str:
@@ -490,12 +496,8 @@ class Attachments:
             self._locks.pop().release()
 
     def _save_state(self) -> None:
-        try:
-            p = _state_file(self.iface.name)
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(json.dumps({"ifindex": self.iface.index, "created_clsact": True, "pid": os.getpid()}))
-        except OSError as exc:
-            log.info("cannot record state (%s); a crash would leave an empty clsact qdisc", exc)
+        _write_record(_state_file(self.iface.name), {"ifindex": self.iface.index, "created_clsact": True},
+                      "that we created the clsact qdisc (a crash would leave it)")
 
     def detach(self) -> None:
         """Remove what we attached, in reverse order; then our clsact qdisc if nothing else uses it."""
@@ -579,12 +581,10 @@ def _detach_xdp_prog(ipr: IPRoute, index: int, prog_id: int) -> bool:
                         ("IFLA_XDP_FD", -1), ("IFLA_XDP_FLAGS", XDP_FLAGS_REPLACE | flag),
                         ("IFLA_XDP_EXPECTED_FD", fd)]})
                 else:
-                    link = ipr.get_links(index)[0]
-                    if int(_xdp_attrs(link).get("IFLA_XDP_PROG_ID") or 0) != prog_id:  # type: ignore[call-overload]
+                    if _attached_xdp_id(ipr, index) != prog_id:
                         return False
                     ipr.link("set", index=index, xdp={"attrs": [("IFLA_XDP_FD", -1), ("IFLA_XDP_FLAGS", flag)]})
-                    link = ipr.get_links(index)[0]
-                    if int(_xdp_attrs(link).get("IFLA_XDP_PROG_ID") or 0) == prog_id:  # type: ignore[call-overload]
+                    if _attached_xdp_id(ipr, index) == prog_id:
                         continue  # attached in the other mode
                 return True
             except NetlinkError:
@@ -614,8 +614,7 @@ def cleanup(ifname: str) -> list[str]:
 def _cleanup(iface: Interface, removed: list[str]) -> list[str]:
     ifname = iface.name
     with _ipr() as ipr:
-        link = ipr.get_links(iface.index)[0]
-        pid = int(_xdp_attrs(link).get("IFLA_XDP_PROG_ID") or 0)  # type: ignore[call-overload]
+        pid = _attached_xdp_id(ipr, iface.index)
         if pid and _xdp_is_ours(ifname, iface.index, pid, _prog_name(pid)) and _detach_xdp_prog(ipr, iface.index, pid):
             removed.append(f"XDP program id {pid}")
         _xdp_state_file(ifname).unlink(missing_ok=True)
