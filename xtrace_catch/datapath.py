@@ -29,7 +29,6 @@ from .layout import (
     LinkType,
     check_layout,
 )
-from .maps import BpfMap
 from .object import BpfObject
 
 __all__ = [
