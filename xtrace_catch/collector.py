@@ -171,7 +171,8 @@ class Collector:
         # Active flows, largest (bytes) first.
         act = np.flatnonzero(changed)
         act = act[np.argsort(-delta[act, V["bytes"]].astype(np.int64), kind="stable")]
-        rec_keys = ks.view(FLOW_KEY) if len(ks) else np.empty(0, dtype=FLOW_KEY)
+        # Index the plain 48-byte strings, then view them as records (cheaper than indexing
+        # the structured view).
 
         # Export also the evicted flows that counted packets in this interval (raced in
         # before the delete): their series would otherwise stay short of those counts.
@@ -182,8 +183,8 @@ class Collector:
         self._last_time = now
         return Interval(
             seq=self._seq, time=time.time(), elapsed=elapsed,
-            keys=rec_keys[act], delta=delta[act], totals=totals[act],
-            all_keys=rec_keys[export], all_totals=totals[export], all_delta=delta[export],
+            keys=ks[act].view(FLOW_KEY), delta=delta[act], totals=totals[act],
+            all_keys=ks[export].view(FLOW_KEY), all_totals=totals[export], all_delta=delta[export],
             stats_delta=dict(zip(STATS_FIELDS, (int(x) for x in stats_delta))),
             stats_total=dict(zip(STATS_FIELDS, (int(x) for x in stats))),
             overflow_delta=ovf_delta, overflow_total=ovf_u.copy(),
