@@ -11,7 +11,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import numpy as np
 
@@ -40,9 +40,9 @@ T = TypeVar("T")
 FlowResult = tuple[Interval, "BypassPort | None"]
 
 
-def host_ip_for(iface: attach.Interface) -> str:
-    """The interface's primary IPv4, else the first global IPv4 of the host, else ''."""
-    ip = iface.primary_ipv4()
+def host_ip_for(iface: attach.Interface | None) -> str:
+    """The interface's primary IPv4, else the first non-loopback IPv4 of the host, else ''."""
+    ip = iface.primary_ipv4() if iface is not None else None
     if ip:
         return ip
     for other in attach.list_interfaces():
@@ -173,6 +173,7 @@ class Watch:
         self.iface = iface
         self._state = iface.state.upper()
         self.att: attach.Attachments | None = None
+        self._nl: Any = None  # one netlink socket for the per-interval check
         self._attach(iface)
 
     def _attach(self, iface: attach.Interface) -> None:
@@ -196,7 +197,9 @@ class Watch:
 
     def check(self) -> None:
         """Once per interval (worker thread): follow the interface's deletion, return and state."""
-        now = attach.find_interface(self.iface.name)
+        if self._nl is None:  # created in the worker thread, where no event loop runs
+            self._nl = attach.netlink()
+        now = attach.find_interface(self.iface.name, self._nl)
         if self.att is not None and (now is None or now.index != self.iface.index):
             self.att.forget()  # the kernel removed our programs with the device
             self.att = None
@@ -221,6 +224,9 @@ class Watch:
                 self.notify(f"{now.name} is {now.state} again")
 
     def close(self) -> None:
+        if self._nl is not None:
+            self._nl.close()
+            self._nl = None
         if self.att is not None:
             att, self.att = self.att, None
             att.detach()
@@ -438,10 +444,9 @@ def run_counters(settings: Settings, out: TextIO = sys.stdout, err: TextIO = sys
 
 
 def _host_ip_by_name(name: str) -> str:
+    """host_ip_for() by name; the counter modes do not need the interface to exist."""
     try:
-        return host_ip_for(attach.get_interface(name))
+        iface: attach.Interface | None = attach.get_interface(name)
     except XtraceError:
-        for other in attach.list_interfaces():
-            if other.link_type != "loopback" and other.primary_ipv4():
-                return other.primary_ipv4() or ""
-        return ""
+        iface = None
+    return host_ip_for(iface)

@@ -37,6 +37,7 @@ __all__ = [
     "list_interfaces",
     "get_interface",
     "find_interface",
+    "netlink",
     "cleanup",
     "TC_HANDLE",
     "TC_PRIO",
@@ -237,16 +238,24 @@ def _interface(ipr: IPRoute, link: object, with_attach: bool = True) -> Interfac
     return iface
 
 
-def find_interface(name: str) -> Interface | None:
-    """The interface named `name` now, or None when there is none (no attachment details)."""
-    with _ipr() as ipr:
-        idx = ipr.link_lookup(ifname=name)
-        if not idx:
-            return None
-        try:
-            return _interface(ipr, ipr.get_links(idx[0])[0], with_attach=False)
-        except NetlinkError:
-            return None
+def find_interface(name: str, ipr: IPRoute | None = None) -> Interface | None:
+    """The interface named `name` now, or None when there is none (no attachment details).
+    A caller that asks every interval passes its own `ipr` (see :func:`netlink`)."""
+    if ipr is None:
+        with _ipr() as own:
+            return find_interface(name, own)
+    idx = ipr.link_lookup(ifname=name)
+    if not idx:
+        return None
+    try:
+        return _interface(ipr, ipr.get_links(idx[0])[0], with_attach=False)
+    except NetlinkError:
+        return None
+
+
+def netlink() -> IPRoute:
+    """A netlink socket for repeated queries (find_interface); the caller closes it."""
+    return _ipr()
 
 
 def list_interfaces() -> list[Interface]:

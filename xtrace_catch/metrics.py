@@ -136,11 +136,11 @@ class SeriesTable:
         """The interval's flow samples, aggregated per label set."""
         keys, totals, delta = iv.all_keys, iv.all_totals, iv.all_delta
         n = len(keys)
-        raw = np.ascontiguousarray(keys).view(f"S{keys.dtype.itemsize}").reshape(-1) if n else []
+        # Every key as exact 48-byte bytes, made in one C call (not bytes(...).ljust() per flow).
+        kl: list[bytes] = np.ascontiguousarray(keys).view(f"V{keys.dtype.itemsize}").reshape(-1).tolist() if n else []
         cap = self.cfg.max_series
         if cap is not None:
-            live = {bytes(k).ljust(keys.dtype.itemsize, b"\0") for k in raw}
-            self._selected &= live
+            self._selected &= set(kl)
             if len(self._selected) < cap:
                 # A free slot goes only to a flow whose whole history is in this interval: one
                 # already counted in `other` (or in an earlier series of its own, before an
@@ -152,12 +152,12 @@ class SeriesTable:
                     if len(self._selected) >= cap:
                         break
                     if fresh[i]:
-                        self._selected.add(bytes(raw[i]).ljust(keys.dtype.itemsize, b"\0"))
+                        self._selected.add(kl[i])
         ids = np.empty(n, dtype=np.int64)
         is_other = np.zeros(n, dtype=bool)
         fs = self._flow_series
         for i in range(n):
-            kb = bytes(raw[i]).ljust(keys.dtype.itemsize, b"\0")
+            kb = kl[i]
             if cap is not None and kb not in self._selected:
                 ids[i] = self._series_id(self._other_labels(keys[i]))
                 is_other[i] = True
@@ -193,11 +193,10 @@ class SeriesTable:
         uniq, inv = np.unique(ids, return_inverse=True) if n else (np.zeros(0, np.int64), np.zeros(0, np.int64))
         agg = np.zeros((len(uniq), 4), dtype=np.uint64)
         np.add.at(agg, inv, cols)
-        for sid in uniq.tolist():
-            self._last_seq[sid] = iv.seq
+        self._last_seq.update(dict.fromkeys(uniq.tolist(), iv.seq))
         # Flows gone from the kernel map no longer need their flow->series entry.
         if len(fs) > 2 * max(n, 1024):
-            live_keys = {bytes(k).ljust(keys.dtype.itemsize, b"\0") for k in raw}
+            live_keys = set(kl)
             for k in [k for k in fs if k not in live_keys]:
                 del fs[k]
         return Batch(seq=iv.seq, ts_ms=int(iv.time * 1000), ids=uniq.astype(np.int64), values=agg)
