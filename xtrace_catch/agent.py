@@ -11,7 +11,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 import numpy as np
 
@@ -173,7 +173,6 @@ class Watch:
         self.iface = iface
         self._state = iface.state.upper()
         self.att: attach.Attachments | None = None
-        self._nl: Any = None  # one netlink socket for the per-interval check
         self._attach(iface)
 
     def _attach(self, iface: attach.Interface) -> None:
@@ -197,9 +196,7 @@ class Watch:
 
     def check(self) -> None:
         """Once per interval (worker thread): follow the interface's deletion, return and state."""
-        if self._nl is None:  # created in the worker thread, where no event loop runs
-            self._nl = attach.netlink()
-        now = attach.find_interface(self.iface.name, self._nl)
+        now = attach.find_interface(self.iface.name)
         if self.att is not None and (now is None or now.index != self.iface.index):
             self.att.forget()  # the kernel removed our programs with the device
             self.att = None
@@ -224,9 +221,6 @@ class Watch:
                 self.notify(f"{now.name} is {now.state} again")
 
     def close(self) -> None:
-        if self._nl is not None:
-            self._nl.close()
-            self._nl = None
         if self.att is not None:
             att, self.att = self.att, None
             att.detach()

@@ -37,7 +37,6 @@ __all__ = [
     "list_interfaces",
     "get_interface",
     "find_interface",
-    "netlink",
     "cleanup",
     "TC_HANDLE",
     "TC_PRIO",
@@ -238,24 +237,19 @@ def _interface(ipr: IPRoute, link: object, with_attach: bool = True) -> Interfac
     return iface
 
 
-def find_interface(name: str, ipr: IPRoute | None = None) -> Interface | None:
+def find_interface(name: str) -> Interface | None:
     """The interface named `name` now, or None when there is none (no attachment details).
-    A caller that asks every interval passes its own `ipr` (see :func:`netlink`)."""
-    if ipr is None:
-        with _ipr() as own:
-            return find_interface(name, own)
-    idx = ipr.link_lookup(ifname=name)
-    if not idx:
-        return None
-    try:
-        return _interface(ipr, ipr.get_links(idx[0])[0], with_attach=False)
-    except NetlinkError:
-        return None
 
-
-def netlink() -> IPRoute:
-    """A netlink socket for repeated queries (find_interface); the caller closes it."""
-    return _ipr()
+    Opens its own netlink socket each call: a pyroute2 socket kept across calls from
+    asyncio's worker threads leaves an event loop that fails noisily at exit."""
+    with _ipr() as ipr:
+        idx = ipr.link_lookup(ifname=name)
+        if not idx:
+            return None
+        try:
+            return _interface(ipr, ipr.get_links(idx[0])[0], with_attach=False)
+        except NetlinkError:
+            return None
 
 
 def list_interfaces() -> list[Interface]:
