@@ -72,6 +72,7 @@ class Emitter:
                 self.live = lv
             elif notify is not None:
                 notify("stdout is not a terminal: writing text lines instead of the live table")
+        self.writer = output.LineWriter(iface, host_ip, as_json=settings.output is Output.JSON)
         dirs = "+".join(d.label for d in settings.direction.directions)
         self.mode_desc = f"{settings.mode.value} {dirs}"
 
@@ -83,22 +84,20 @@ class Emitter:
 
     def emit(self, res: FlowResult) -> None:
         iv, bp = res
-        rows = output.decode_flows(iv.keys, iv.delta, iv.totals)
         if self.live is not None:
             from .live import ViewState
 
+            rows = output.decode_flows(iv.keys, iv.delta, iv.totals)
             self.live.update(ViewState(interface=self.iface, mode=self.mode_desc, iv=iv, rows=rows,
                                        capacity=self.capacity, export=self._export_status(), bypass=bp))
             return
         summ = output.summary(iv, self.iface, self.capacity)
-        lines: list[str] = []
+        lines = self.writer.lines(iv)
         if self.s.output is Output.JSON:
-            lines.extend(output.dumps(output.json_record(r, iv.time, self.iface, self.host_ip)) for r in rows)
             if bp is not None:
                 lines.append(output.dumps(bp.record()))
             lines.append(output.dumps(summ))
         else:
-            lines.extend(output.text_line(r, self.host_ip) for r in rows)
             if bp is not None:
                 lines.append(bp.text())
             lines.append(output.summary_text(summ))

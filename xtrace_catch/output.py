@@ -13,7 +13,8 @@ import numpy as np
 from .collector import Interval, V
 from .layout import Direction, TrafficType
 
-__all__ = ["FlowRow", "decode_flows", "text_line", "json_record", "summary", "summary_text", "rfc3339", "addr_text"]
+__all__ = ["FlowRow", "decode_flows", "text_line", "json_record", "LineWriter", "summary", "summary_text", "rfc3339",
+           "addr_text"]
 
 ETH_P_IP, ETH_P_IPV6, ETH_P_ROCE = 0x0800, 0x86DD, 0x8915
 _V4MAPPED = b"\0" * 10 + b"\xff\xff"
@@ -117,6 +118,93 @@ def json_record(r: FlowRow, ts: float, interface: str, host_ip: str) -> dict[str
         rec["cnp"] = r.d("cnp")
         rec["opcode"] = {name[3:]: r.d(name) for name in _OPS}
     return rec
+
+
+class LineWriter:
+    """An interval's flow lines, text or JSON, the same strings as :func:`text_line` and
+    :func:`json_record` give (tests compare them), at ~1 µs per flow.
+
+    A flow's key decides everything in its line but the counts, so each flow's line is
+    decoded once into a %-format template and kept while the flow lives; per interval the
+    work is one formatting per flow over columns taken from the arrays in one call each."""
+
+    def __init__(self, interface: str, host_ip: str, as_json: bool) -> None:
+        self.interface, self.host_ip, self.as_json = interface, host_ip, as_json
+        self._tpl: dict[bytes, tuple[Any, ...]] = {}
+
+    def _template(self, r: FlowRow) -> tuple[Any, ...]:
+        esc = self._esc
+        if self.as_json:
+            j = json.dumps
+            head = esc(f',"interface":{j(self.interface)},"direction":{j(r.direction.label)},'
+                       f'"src_ip":{j(r.src_ip)},"dst_ip":{j(r.dst_ip)},"src_port":{r.src_port},'
+                       f'"dst_port":{r.dst_port},"protocol":{r.protocol},"traffic_type":{j(r.traffic_type.json_name)},')
+            fmt = ('{"time":%s' + head + '"packets":%d,"bytes":%d,"packets_total":%d,"bytes_total":%d,'
+                   + esc(f'"host_ip":{j(self.host_ip)},') + '"ecn_ce":%d,'
+                   + f'"ethertype":{r.eth_proto},"vlan":{r.vlan_id},' + '"fragments":%d')
+            if r.is_roce:
+                ops = ",".join(f'"{name[3:]}":%d' for name in _OPS)
+                return (fmt + f',"dst_qp":{r.dst_qp},' + '"cnp":%d,"opcode":{' + ops + "}}", True)
+            return (fmt + "}", False)
+        pre = esc(f"{_endpoint(r.src_ip, r.src_port)} -> {_endpoint(r.dst_ip, r.dst_port)} proto={r.protocol} "
+                  f"[{r.traffic_type.label}] ") + "packets=%d bytes=%d" + esc(f" host_ip={self.host_ip} "
+                                                                        f"dir={r.direction.label}")
+        if r.is_roce:
+            pre += f" qp={r.dst_qp:#08x}"
+        vlan = f" vlan={r.vlan_id}" if r.vlan_id else ""
+        eth = f" ethertype={r.eth_proto:#06x}" if not r.src_ip else ""
+        # (no counter extras, before the vlan, between vlan and ethertype, after)
+        return (pre + esc(vlan + eth), pre, vlan, eth)
+
+    @staticmethod
+    def _esc(s: str) -> str:
+        return s.replace("%", "%%")
+
+    def lines(self, iv: Interval) -> list[str]:
+        keys, delta, totals = iv.keys, iv.delta, iv.totals
+        n = len(keys)
+        if not n:
+            return []
+        kl: list[bytes] = np.ascontiguousarray(keys).view(f"V{keys.dtype.itemsize}").reshape(-1).tolist()
+        tpl = self._tpl
+        miss = [i for i, k in enumerate(kl) if k not in tpl]
+        if miss:
+            for i, r in zip(miss, decode_flows(keys[miss], delta[miss], totals[miss])):
+                tpl[kl[i]] = self._template(r)
+        if len(tpl) > 2 * max(n, 1024):  # forget flows that left the map
+            self._tpl = tpl = {k: tpl[k] for k in kl}
+        col = delta.T.tolist()
+        pk, by, ecn, cnp, frag = (col[V[c]] for c in ("packets", "bytes", "ecn_ce", "cnp", "fragments"))
+        out: list[str] = []
+        add = out.append
+        if self.as_json:
+            tcol = totals.T.tolist()
+            ptot, btot = tcol[V["packets"]], tcol[V["bytes"]]
+            ts = json.dumps(rfc3339(iv.time))
+            ops = [col[V[name]] for name in _OPS]
+            for i, k in enumerate(kl):
+                fmt, roce = tpl[k]
+                args = (ts, pk[i], by[i], ptot[i], btot[i], ecn[i], frag[i])
+                if roce:
+                    args += (cnp[i], *(o[i] for o in ops))
+                add(fmt % args)
+            return out
+        for i, k in enumerate(kl):
+            t = tpl[k]
+            e, c, f = ecn[i], cnp[i], frag[i]
+            if not (e or c or f):
+                add(t[0] % (pk[i], by[i]))
+                continue
+            line = t[1] % (pk[i], by[i])
+            if e:
+                line += f" ecn_ce={e}"
+            if c:
+                line += f" cnp={c}"
+            line += t[2]
+            if f:
+                line += f" frags={f}"
+            add(line + t[3])
+        return out
 
 
 def summary(iv: Interval, interface: str, capacity: int) -> dict[str, Any]:
