@@ -101,7 +101,8 @@ class Emitter:
             if bp is not None:
                 lines.append(bp.text())
             lines.append(output.summary_text(summ))
-        self.out.write("\n".join(lines) + "\n")
+        for i in range(0, len(lines), 2048):  # one join per chunk: no second copy of a whole interval
+            self.out.write("\n".join(lines[i:i + 2048]) + "\n")
         self.out.flush()
 
     def close(self) -> None:

@@ -69,7 +69,10 @@ class Direction(enum.IntEnum):
 
     @property
     def label(self) -> str:
-        return self.name.lower()
+        return _DIRECTION_LABELS[self]
+
+
+_DIRECTION_LABELS = {Direction.INGRESS: "ingress", Direction.EGRESS: "egress"}
 
 
 class Filter(enum.IntEnum):

@@ -16,10 +16,9 @@ import re
 import struct
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cramjam
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from .metrics import FLOW_METRICS, LABELS, Batch, SeriesTable
 
@@ -32,14 +31,20 @@ HEADERS = {
     "X-Prometheus-Remote-Write-Version": "0.1.0",
 }
 
-_SCALARS = {
-    "double": descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE,
-    "int64": descriptor_pb2.FieldDescriptorProto.TYPE_INT64,
-    "string": descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
-}
+if TYPE_CHECKING:
+    from google.protobuf import descriptor_pb2
 
 
 def _parse_proto(text: str) -> descriptor_pb2.FileDescriptorProto:
+    # protobuf is imported here, not at module import: the agent's hot path encodes by hand
+    # and the message classes (tests, decoding) are not worth ~2 MB of RSS in every agent.
+    from google.protobuf import descriptor_pb2
+
+    scalars = {
+        "double": descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE,
+        "int64": descriptor_pb2.FieldDescriptorProto.TYPE_INT64,
+        "string": descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+    }
     text = re.sub(r"//[^\n]*", "", text)
     pkg = re.search(r"\bpackage\s+([\w.]+)\s*;", text)
     fdp = descriptor_pb2.FileDescriptorProto(name="xtrace_remote_write.proto", syntax="proto3",
@@ -50,8 +55,8 @@ def _parse_proto(text: str) -> descriptor_pb2.FileDescriptorProto:
             f = msg.field.add(name=fname, number=int(num))
             f.label = (descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED if rep
                        else descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
-            if ftype in _SCALARS:
-                f.type = _SCALARS[ftype]
+            if ftype in scalars:
+                f.type = scalars[ftype]
             else:
                 f.type = descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
                 f.type_name = f".{fdp.package}.{ftype}" if fdp.package else f".{ftype}"
@@ -61,6 +66,8 @@ def _parse_proto(text: str) -> descriptor_pb2.FileDescriptorProto:
 @lru_cache(maxsize=1)
 def messages() -> dict[str, Any]:
     """{'WriteRequest': cls, 'TimeSeries': cls, 'Label': cls, 'Sample': cls} from the .proto."""
+    from google.protobuf import descriptor_pool, message_factory
+
     fdp = _parse_proto(PROTO_PATH.read_text())
     pool = descriptor_pool.DescriptorPool()
     fd = pool.Add(fdp)
