@@ -97,12 +97,29 @@ struct pkt_info {
 	__u8 vlan_seen; /* the outer tag (maybe VID 0) is already in the key */
 };
 
+/*
+ * Addresses are copied with word loads from the packet: __builtin_memcpy from
+ * a byte pointer compiles to byte loads, shifts and ors (~45 insns per 16-byte
+ * address). Headers sit at any offset; the verifier accepts unaligned packet
+ * loads where the CPU handles them (x86-64, arm64).
+ */
 static __always_inline void set_v4mapped(__u8 *dst, const __u8 *src4)
 {
+	__u32 a = *(const __u32 *)src4;
+
 	/* dst was zeroed with the key; ::ffff:a.b.c.d */
 	dst[10] = 0xff;
 	dst[11] = 0xff;
-	__builtin_memcpy(dst + 12, src4, 4);
+	__builtin_memcpy(dst + 12, &a, 4);
+}
+
+static __always_inline void copy_addr16(__u8 *dst, const __u8 *src)
+{
+	__u64 a = *(const __u64 *)src;
+	__u64 b = *(const __u64 *)(src + 8);
+
+	__builtin_memcpy(dst, &a, 8);
+	__builtin_memcpy(dst + 8, &b, 8);
 }
 
 /* L4 ports, and RoCE v2's BTH behind UDP 4791. `l4` is the L4 offset. */
@@ -210,8 +227,8 @@ static __always_inline int parse_ipv6(void *data, void *data_end, __u32 off,
 		return PARSE_TRUNCATED;
 
 	pi->ecn_ce = ((ip6[1] >> 4) & 3) == 3;
-	__builtin_memcpy(key->src_addr, ip6 + 8, 16);
-	__builtin_memcpy(key->dst_addr, ip6 + 24, 16);
+	copy_addr16(key->src_addr, ip6 + 8);
+	copy_addr16(key->dst_addr, ip6 + 24);
 
 	__u8 nexthdr = ip6[6];
 	__u32 l4 = off + 40;
@@ -290,8 +307,8 @@ static __always_inline int parse_roce_v1(void *data, void *data_end, __u32 off,
 	__u8 *bth = grh + GRH_LEN;
 
 	pi->ecn_ce = ((grh[1] >> 4) & 3) == 3;
-	__builtin_memcpy(key->src_addr, grh + 8, 16);
-	__builtin_memcpy(key->dst_addr, grh + 24, 16);
+	copy_addr16(key->src_addr, grh + 8);
+	copy_addr16(key->dst_addr, grh + 24);
 	key->traffic_type = XT_TYPE_ROCE_V1;
 	key->dst_qp = ((__u32)bth[5] << 16) | ((__u32)bth[6] << 8) | bth[7];
 	pi->opcode = bth[0];
@@ -442,11 +459,6 @@ static __always_inline void add_value(struct flow_value *v, const struct pkt_inf
 	add_ops(v, pi->opcode, segs);
 }
 
-/*
- * Parse and count one frame. `len` is the frame length the hook sees,
- * `segs` the packets it stands for on the wire (GSO), `vlan_hw` the
- * hardware-accelerated VLAN tag (TC only, 0 if none or in-frame).
- */
 /* Parse into a fresh key: `vlan_hw_present`/`vlan_hw_tci` are the tag the kernel
  * moved into metadata (TC only). */
 static __always_inline int parse_fresh(void *data, void *data_end, struct flow_key *key,
@@ -467,20 +479,23 @@ static __always_inline int parse_fresh(void *data, void *data_end, struct flow_k
 /*
  * Count one parsed frame (`ret` is parse_frame's result). `len` is the frame
  * length the hook sees, `segs` the packets it stands for on the wire (GSO).
+ *
+ * `key` is used in place, never copied: with a local copy the parser's key no
+ * longer escapes, so clang splits it into scalars carried through every branch
+ * in spilled registers and stores it again field by field before the lookup
+ * (1.9x the instructions; 10-18 ns more per packet, BPF_PROG_TEST_RUN).
  */
-static __always_inline void count_frame(struct flow_key *kp, struct pkt_info *pip, int ret,
+static __always_inline void count_frame(struct flow_key *key, const struct pkt_info *pi, int ret,
 					__u32 len, __u32 segs, __u32 vlan_hw_present,
 					__u8 direction)
 {
-	struct flow_key key = *kp;
-	struct pkt_info pi = *pip;
 	__u32 zero = 0;
 
 	/* Bytes as on the wire: each extra GSO segment repeats the headers,
 	 * and a tag the kernel moved into metadata was 4 bytes of every frame. */
 	__u64 bytes = len;
 	if (segs > 1 && ret == PARSE_OK)
-		bytes += (__u64)(segs - 1) * pi.hdr_len;
+		bytes += (__u64)(segs - 1) * pi->hdr_len;
 	if (vlan_hw_present)
 		bytes += 4ULL * segs;
 
@@ -495,37 +510,37 @@ static __always_inline void count_frame(struct flow_key *kp, struct pkt_info *pi
 		st->truncated_bytes += bytes;
 		return;
 	}
-	if (filtered_out(&key)) {
+	if (filtered_out(key)) {
 		st->filtered += segs;
 		st->filtered_bytes += bytes;
 		return;
 	}
 
-	struct flow_value *v = bpf_map_lookup_elem(&flows, &key);
+	struct flow_value *v = bpf_map_lookup_elem(&flows, key);
 	if (!v) {
 		struct flow_value init = {};
-		add_value(&init, &pi, segs, bytes);
+		add_value(&init, pi, segs, bytes);
 		/* BPF_NOEXIST: another CPU may insert the same key first; then
 		 * our slot exists (per-CPU) and the lookup below finds it. */
-		long err = bpf_map_update_elem(&flows, &key, &init, BPF_NOEXIST);
+		long err = bpf_map_update_elem(&flows, key, &init, BPF_NOEXIST);
 		if (!err) {
 			st->counted += segs;
 			st->counted_bytes += bytes;
 			return;
 		}
-		v = bpf_map_lookup_elem(&flows, &key);
+		v = bpf_map_lookup_elem(&flows, key);
 		if (!v) {
 			/* Map full (-E2BIG) or out of memory: never lose the count. */
-			__u32 idx = (__u32)direction * XT_TYPE_MAX + (key.traffic_type & (XT_TYPE_MAX - 1));
+			__u32 idx = (__u32)direction * XT_TYPE_MAX + (key->traffic_type & (XT_TYPE_MAX - 1));
 			struct flow_value *ov = bpf_map_lookup_elem(&overflow, &idx);
 			if (ov)
-				add_value(ov, &pi, segs, bytes);
+				add_value(ov, pi, segs, bytes);
 			st->overflowed += segs;
 			st->overflowed_bytes += bytes;
 			return;
 		}
 	}
-	add_value(v, &pi, segs, bytes);
+	add_value(v, pi, segs, bytes);
 	st->counted += segs;
 	st->counted_bytes += bytes;
 }
