@@ -123,7 +123,7 @@ def test_line_writer_equals_the_reference_over_intervals(as_json: bool) -> None:
         totals = delta + np.uint64(rng.randrange(2**50))
         iv = _interval(keys, delta, totals, ts=TS + step * 5.5)
         assert w.lines(iv) == _reference(iv, as_json, 've%th"0', "2001:db8::7")
-    assert len(w._tpl) <= 3000
+    assert len(w._ident) <= 3000
 
 
 def test_line_writer_forgets_flows_that_left() -> None:
@@ -134,9 +134,20 @@ def test_line_writer_forgets_flows_that_left() -> None:
         delta = np.ones((len(keys), NV), np.uint64)
         iv = _interval(keys, delta, delta)
         assert w.lines(iv) == _reference(iv, False, "eth0", "198.51.100.1")
-        assert len(w._tpl) <= 2 * 1500
+        assert len(w._ident) <= 2 * 1500
 
 
 def test_no_flows_no_lines() -> None:
     iv = _interval([], np.zeros((0, NV), np.uint64), np.zeros((0, NV), np.uint64))
     assert output.LineWriter("eth0", "", as_json=True).lines(iv) == []
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_chunks_cover_every_flow_once_in_order(as_json: bool) -> None:
+    rng = random.Random(11)
+    keys = _random_keys(rng, 100)
+    delta = np.array([[rng.randrange(5) for _ in range(NV)] for _ in keys], np.uint64)
+    iv = _interval(keys, delta, delta * np.uint64(9))
+    chunks = list(output.LineWriter("eth0", "198.51.100.1", as_json=as_json).chunks(iv, size=7))
+    assert [len(c) for c in chunks] == [7] * 14 + [2]
+    assert [line for c in chunks for line in c] == _reference(iv, as_json, "eth0", "198.51.100.1")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TextIO, TypeVar
 
 import numpy as np
 
-from . import attach, output
+from . import _libbpf, attach, output
 from .bypass import BypassPort, BypassTracker, kernel_roce_bytes, resolve_port
 from .caps import check_bpf_privileges
 from .collector import Collector, Interval
@@ -92,17 +92,18 @@ class Emitter:
                                        capacity=self.capacity, export=self._export_status(), bypass=bp))
             return
         summ = output.summary(iv, self.iface, self.capacity)
-        lines = self.writer.lines(iv)
+        for chunk in self.writer.chunks(iv):  # a big interval goes out in slices, never whole in memory
+            self.out.write("\n".join(chunk) + "\n")
+        tail: list[str] = []
         if self.s.output is Output.JSON:
             if bp is not None:
-                lines.append(output.dumps(bp.record()))
-            lines.append(output.dumps(summ))
+                tail.append(output.dumps(bp.record()))
+            tail.append(output.dumps(summ))
         else:
             if bp is not None:
-                lines.append(bp.text())
-            lines.append(output.summary_text(summ))
-        for i in range(0, len(lines), 2048):  # one join per chunk: no second copy of a whole interval
-            self.out.write("\n".join(lines[i:i + 2048]) + "\n")
+                tail.append(bp.text())
+            tail.append(output.summary_text(summ))
+        self.out.write("\n".join(tail) + "\n")
         self.out.flush()
 
     def close(self) -> None:
@@ -116,6 +117,7 @@ def run(settings: Settings, out: TextIO = sys.stdout, err: TextIO = sys.stderr) 
     Set-up and teardown (netlink, BPF load) are synchronous; only the interval loop runs
     in asyncio (pyroute2's synchronous API cannot be used inside a running loop)."""
     assert settings.mode in (Mode.XDP, Mode.TC)
+    _libbpf.tune_malloc()
     iface = attach.get_interface(settings.interface)
     check_bpf_privileges()
 

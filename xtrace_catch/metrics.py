@@ -14,6 +14,7 @@ outage costs ~40 bytes per series, not its text.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from sys import intern
 
 import numpy as np
 
@@ -101,7 +102,8 @@ class SeriesTable:
         t = int(key["traffic_type"])
         tt = TrafficType(t) if t in TrafficType._value2member_map_ else TrafficType.OTHER
         sport, dport = int(key["src_port"]), int(key["dst_port"])
-        sp, dp = str(sport), str(dport)
+        # Interned: flows share ports, protocols and addresses, and every series keeps its strings.
+        sp, dp = intern(str(sport)), intern(str(dport))
         if self.cfg.drop_ephemeral_ports and tt in (TrafficType.TCP, TrafficType.UDP, TrafficType.ROCE_V2):
             # Keep the service side; an ephemeral client port says nothing and costs a series each.
             if sport >= EPHEMERAL_MIN or (sport > dport and sport >= 1024):
@@ -110,11 +112,11 @@ class SeriesTable:
                 dp = "ephemeral"
         vals = (
             addr_text(key["src_addr"].tobytes(), ep), addr_text(key["dst_addr"].tobytes(), ep), sp, dp,
-            str(int(key["protocol"])), tt.json_name, Direction(int(key["direction"]) & 1).label,
+            intern(str(int(key["protocol"]))), tt.json_name, Direction(int(key["direction"]) & 1).label,
             self.cfg.interface, self.cfg.host_ip, self.cfg.collect_agg,
         )
         if tt in (TrafficType.ROCE_V1, TrafficType.ROCE_V2):
-            vals = (*vals, str(int(key["dst_qp"])))
+            vals = (*vals, intern(str(int(key["dst_qp"]))))
         return vals
 
     def _other_labels(self, key: np.void) -> tuple[str, ...]:

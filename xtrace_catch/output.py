@@ -6,6 +6,8 @@ import ipaddress
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from sys import intern
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -25,13 +27,27 @@ def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+_ADDR_CACHE: dict[bytes, str] = {}
+_ADDR_CACHE_MAX = 1 << 16
+
+
 def addr_text(raw: bytes, eth_proto: int) -> str:
-    """A 16-byte key address as text: v4-mapped as IPv4; '' for non-IP frames."""
+    """A 16-byte key address as text: v4-mapped as IPv4; '' for non-IP frames.
+
+    Cached (bounded), and one string per address: flows share addresses, and the caches of
+    lines and series labels then share the strings."""
     if eth_proto not in (ETH_P_IP, ETH_P_IPV6, ETH_P_ROCE):
         return ""
-    if raw[:12] == _V4MAPPED:
-        return str(ipaddress.IPv4Address(raw[12:]))
-    return str(ipaddress.IPv6Address(raw))
+    text = _ADDR_CACHE.get(raw)
+    if text is None:
+        if raw[:12] == _V4MAPPED:
+            text = str(ipaddress.IPv4Address(raw[12:]))
+        else:
+            text = str(ipaddress.IPv6Address(raw))
+        if len(_ADDR_CACHE) >= _ADDR_CACHE_MAX:
+            _ADDR_CACHE.clear()
+        _ADDR_CACHE[bytes(raw)] = text = intern(text)
+    return text
 
 
 @dataclass(frozen=True)
@@ -62,20 +78,25 @@ class FlowRow:
         return self.traffic_type in (TrafficType.ROCE_V1, TrafficType.ROCE_V2)
 
 
+_TYPES = {int(t): t for t in TrafficType}
+_DIRS = (Direction.INGRESS, Direction.EGRESS)
+
+
 def decode_flows(keys: np.ndarray, delta: np.ndarray, totals: np.ndarray) -> list[FlowRow]:
     """FLOW_KEY records plus their counter rows -> FlowRows, in the same order."""
-    rows = []
-    for k, d, t in zip(keys, delta.tolist(), totals.tolist()):
-        ep = int(k["eth_proto"])
-        rows.append(FlowRow(
-            src_ip=addr_text(k["src_addr"].tobytes(), ep), dst_ip=addr_text(k["dst_addr"].tobytes(), ep),
-            src_port=int(k["src_port"]), dst_port=int(k["dst_port"]), protocol=int(k["protocol"]),
-            traffic_type=TrafficType(int(k["traffic_type"])) if int(k["traffic_type"]) in TrafficType._value2member_map_
-            else TrafficType.OTHER,
-            direction=Direction(int(k["direction"]) & 1), eth_proto=ep, vlan_id=int(k["vlan_id"]),
-            dst_qp=int(k["dst_qp"]), delta=tuple(d), totals=tuple(t),
-        ))
-    return rows
+    if not len(keys):
+        return []
+    src = np.ascontiguousarray(keys["src_addr"]).view("V16").reshape(-1).tolist()
+    dst = np.ascontiguousarray(keys["dst_addr"]).view("V16").reshape(-1).tolist()
+    cols = [keys[f].tolist() for f in ("eth_proto", "src_port", "dst_port", "protocol", "traffic_type",
+                                       "direction", "vlan_id", "dst_qp")]
+    other = TrafficType.OTHER
+    return [
+        FlowRow(src_ip=addr_text(s, ep), dst_ip=addr_text(d, ep), src_port=sp, dst_port=dp, protocol=pr,
+                traffic_type=_TYPES.get(tt, other), direction=_DIRS[di & 1], eth_proto=ep, vlan_id=vl,
+                dst_qp=qp, delta=tuple(dl), totals=tuple(tl))
+        for s, d, ep, sp, dp, pr, tt, di, vl, qp, dl, tl in zip(src, dst, *cols, delta.tolist(), totals.tolist())
+    ]
 
 
 def _endpoint(ip: str, port: int) -> str:
@@ -121,89 +142,103 @@ def json_record(r: FlowRow, ts: float, interface: str, host_ip: str) -> dict[str
 
 
 class LineWriter:
-    """An interval's flow lines, text or JSON, the same strings as :func:`text_line` and
-    :func:`json_record` give (tests compare them), at ~1 µs per flow.
+    """An interval's flow lines, text or JSON: the same strings as :func:`text_line` and
+    :func:`json_record` give (tests compare them), at ~1-2 µs per flow.
 
-    A flow's key decides everything in its line but the counts, so each flow's line is
-    decoded once into a %-format template and kept while the flow lives; per interval the
-    work is one formatting per flow over columns taken from the arrays in one call each."""
+    Decoding a key (addresses, type names) is the costly part, so each flow's identity
+    (addresses, ports, protocol, type; direction too in JSON) is decoded once into a short
+    string kept while the flow lives (~300 bytes a flow with its key); per interval every
+    line is one f-string over columns taken from the arrays in one call each."""
 
     def __init__(self, interface: str, host_ip: str, as_json: bool) -> None:
         self.interface, self.host_ip, self.as_json = interface, host_ip, as_json
-        self._tpl: dict[bytes, tuple[Any, ...]] = {}
+        self._ident: dict[bytes, str] = {}
 
-    def _template(self, r: FlowRow) -> tuple[Any, ...]:
-        esc = self._esc
+    def _identity(self, r: FlowRow) -> str:
         if self.as_json:
             j = json.dumps
-            head = esc(f',"interface":{j(self.interface)},"direction":{j(r.direction.label)},'
-                       f'"src_ip":{j(r.src_ip)},"dst_ip":{j(r.dst_ip)},"src_port":{r.src_port},'
-                       f'"dst_port":{r.dst_port},"protocol":{r.protocol},"traffic_type":{j(r.traffic_type.json_name)},')
-            fmt = ('{"time":%s' + head + '"packets":%d,"bytes":%d,"packets_total":%d,"bytes_total":%d,'
-                   + esc(f'"host_ip":{j(self.host_ip)},') + '"ecn_ce":%d,'
-                   + f'"ethertype":{r.eth_proto},"vlan":{r.vlan_id},' + '"fragments":%d')
-            if r.is_roce:
-                ops = ",".join(f'"{name[3:]}":%d' for name in _OPS)
-                return (fmt + f',"dst_qp":{r.dst_qp},' + '"cnp":%d,"opcode":{' + ops + "}}", True)
-            return (fmt + "}", False)
-        pre = esc(f"{_endpoint(r.src_ip, r.src_port)} -> {_endpoint(r.dst_ip, r.dst_port)} proto={r.protocol} "
-                  f"[{r.traffic_type.label}] ") + "packets=%d bytes=%d" + esc(f" host_ip={self.host_ip} "
-                                                                        f"dir={r.direction.label}")
-        if r.is_roce:
-            pre += f" qp={r.dst_qp:#08x}"
-        vlan = f" vlan={r.vlan_id}" if r.vlan_id else ""
-        eth = f" ethertype={r.eth_proto:#06x}" if not r.src_ip else ""
-        # (no counter extras, before the vlan, between vlan and ethertype, after)
-        return (pre + esc(vlan + eth), pre, vlan, eth)
-
-    @staticmethod
-    def _esc(s: str) -> str:
-        return s.replace("%", "%%")
+            return (f'"direction":{j(r.direction.label)},"src_ip":{j(r.src_ip)},"dst_ip":{j(r.dst_ip)},'
+                    f'"src_port":{r.src_port},"dst_port":{r.dst_port},"protocol":{r.protocol},'
+                    f'"traffic_type":{j(r.traffic_type.json_name)}')
+        return (f"{_endpoint(r.src_ip, r.src_port)} -> {_endpoint(r.dst_ip, r.dst_port)} proto={r.protocol} "
+                f"[{r.traffic_type.label}]")
 
     def lines(self, iv: Interval) -> list[str]:
-        keys, delta, totals = iv.keys, iv.delta, iv.totals
+        return [line for chunk in self.chunks(iv) for line in chunk]
+
+    def chunks(self, iv: Interval, size: int = 2048) -> Iterator[list[str]]:
+        """The interval's lines, `size` at a time (so a big interval is never all in memory)."""
+        keys = iv.keys
         n = len(keys)
         if not n:
-            return []
+            return
         kl: list[bytes] = np.ascontiguousarray(keys).view(f"V{keys.dtype.itemsize}").reshape(-1).tolist()
-        tpl = self._tpl
-        miss = [i for i, k in enumerate(kl) if k not in tpl]
-        if miss:
-            for i, r in zip(miss, decode_flows(keys[miss], delta[miss], totals[miss])):
-                tpl[kl[i]] = self._template(r)
-        if len(tpl) > 2 * max(n, 1024):  # forget flows that left the map
-            self._tpl = tpl = {k: tpl[k] for k in kl}
+        ident = self._ident
+        miss = [i for i, k in enumerate(kl) if k not in ident]
+        for lo in range(0, len(miss), 1024):  # new flows in slices: a first interval's rows never pile up
+            part = miss[lo:lo + 1024]
+            for i, r in zip(part, decode_flows(keys[part], iv.delta[part], iv.totals[part])):
+                ident[kl[i]] = self._identity(r)
+        if len(ident) > 2 * max(n, 1024):  # forget flows that left the map
+            self._ident = ident = {k: ident[k] for k in kl}
+        ts = rfc3339(iv.time)
+        for lo in range(0, n, size):
+            hi = min(n, lo + size)
+            yield self._format(keys[lo:hi], iv.delta[lo:hi], iv.totals[lo:hi], [ident[k] for k in kl[lo:hi]], ts)
+
+    def _format(self, keys: np.ndarray, delta: np.ndarray, totals: np.ndarray, idents: list[str],
+                ts: str) -> list[str]:
         col = delta.T.tolist()
         pk, by, ecn, cnp, frag = (col[V[c]] for c in ("packets", "bytes", "ecn_ce", "cnp", "fragments"))
+        tts, eths, vlans, qps = (keys[f].tolist() for f in ("traffic_type", "eth_proto", "vlan_id", "dst_qp"))
+        roce = (int(TrafficType.ROCE_V1), int(TrafficType.ROCE_V2))
+        if self.as_json:
+            return self._json(ts, totals, idents, pk, by, ecn, cnp, frag, tts, eths, vlans, qps, col, roce)
+        dirs = keys["direction"].tolist()
+        labels = (Direction.INGRESS.label, Direction.EGRESS.label)
+        host = self.host_ip
+        ip_protos = (ETH_P_IP, ETH_P_IPV6, ETH_P_ROCE)
         out: list[str] = []
         add = out.append
-        if self.as_json:
-            tcol = totals.T.tolist()
-            ptot, btot = tcol[V["packets"]], tcol[V["bytes"]]
-            ts = json.dumps(rfc3339(iv.time))
-            ops = [col[V[name]] for name in _OPS]
-            for i, k in enumerate(kl):
-                fmt, roce = tpl[k]
-                args = (ts, pk[i], by[i], ptot[i], btot[i], ecn[i], frag[i])
-                if roce:
-                    args += (cnp[i], *(o[i] for o in ops))
-                add(fmt % args)
-            return out
-        for i, k in enumerate(kl):
-            t = tpl[k]
-            e, c, f = ecn[i], cnp[i], frag[i]
-            if not (e or c or f):
-                add(t[0] % (pk[i], by[i]))
+        for i, idn in enumerate(idents):
+            line = f"{idn} packets={pk[i]} bytes={by[i]} host_ip={host} dir={labels[dirs[i] & 1]}"
+            e, c, f, vl, eth = ecn[i], cnp[i], frag[i], vlans[i], eths[i]
+            if not (e or c or f or vl) and tts[i] not in roce and eth in ip_protos:
+                add(line)
                 continue
-            line = t[1] % (pk[i], by[i])
+            if tts[i] in roce:
+                line += f" qp={qps[i]:#08x}"
             if e:
                 line += f" ecn_ce={e}"
             if c:
                 line += f" cnp={c}"
-            line += t[2]
+            if vl:
+                line += f" vlan={vl}"
             if f:
                 line += f" frags={f}"
-            add(line + t[3])
+            if eth not in ip_protos:
+                line += f" ethertype={eth:#06x}"
+            add(line)
+        return out
+
+    def _json(self, ts: str, totals: np.ndarray, idents: list[str], pk: list[int], by: list[int], ecn: list[int],
+              cnp: list[int], frag: list[int], tts: list[int], eths: list[int], vlans: list[int], qps: list[int],
+              col: list[list[int]], roce: tuple[int, int]) -> list[str]:
+        tcol = totals.T.tolist()
+        ptot, btot = tcol[V["packets"]], tcol[V["bytes"]]
+        head = f'{{"time":{json.dumps(ts)},"interface":{json.dumps(self.interface)},'
+        host = json.dumps(self.host_ip)
+        ops = [(name[3:], col[V[name]]) for name in _OPS]
+        out: list[str] = []
+        add = out.append
+        for i, idn in enumerate(idents):
+            line = (f'{head}{idn},"packets":{pk[i]},"bytes":{by[i]},"packets_total":{ptot[i]},'
+                    f'"bytes_total":{btot[i]},"host_ip":{host},"ecn_ce":{ecn[i]},"ethertype":{eths[i]},'
+                    f'"vlan":{vlans[i]},"fragments":{frag[i]}')
+            if tts[i] in roce:
+                opc = ",".join(f'"{name}":{c[i]}' for name, c in ops)
+                line += f',"dst_qp":{qps[i]},"cnp":{cnp[i]},"opcode":{{{opc}}}'
+            add(line + "}")
         return out
 
 
