@@ -41,6 +41,10 @@ FLOW_METRICS = (
 LABELS = ("src_ip", "dst_ip", "src_port", "dst_port", "protocol", "traffic_type", "direction",
           "interface", "host_ip", "collect_agg")
 EPHEMERAL_MIN = 32768
+_TYPES = {int(t): t for t in TrafficType}
+_PORTED = (TrafficType.TCP, TrafficType.UDP, TrafficType.ROCE_V2)
+_ROCE = (TrafficType.ROCE_V1, TrafficType.ROCE_V2)
+_DIR_LABELS = (Direction.INGRESS.label, Direction.EGRESS.label)
 OTHER = "other"
 
 
@@ -97,27 +101,33 @@ class SeriesTable:
             self.labels[sid] = values
         return sid
 
-    def _flow_labels(self, key: np.void) -> tuple[str, ...]:
-        ep = int(key["eth_proto"])
-        t = int(key["traffic_type"])
-        tt = TrafficType(t) if t in TrafficType._value2member_map_ else TrafficType.OTHER
-        sport, dport = int(key["src_port"]), int(key["dst_port"])
-        # Interned: flows share ports, protocols and addresses, and every series keeps its strings.
-        sp, dp = intern(str(sport)), intern(str(dport))
-        if self.cfg.drop_ephemeral_ports and tt in (TrafficType.TCP, TrafficType.UDP, TrafficType.ROCE_V2):
-            # Keep the service side; an ephemeral client port says nothing and costs a series each.
-            if sport >= EPHEMERAL_MIN or (sport > dport and sport >= 1024):
-                sp = "ephemeral"
-            elif dport >= EPHEMERAL_MIN or (dport > sport and dport >= 1024):
-                dp = "ephemeral"
-        vals = (
-            addr_text(key["src_addr"].tobytes(), ep), addr_text(key["dst_addr"].tobytes(), ep), sp, dp,
-            intern(str(int(key["protocol"]))), tt.json_name, Direction(int(key["direction"]) & 1).label,
-            self.cfg.interface, self.cfg.host_ip, self.cfg.collect_agg,
-        )
-        if tt in (TrafficType.ROCE_V1, TrafficType.ROCE_V2):
-            vals = (*vals, intern(str(int(key["dst_qp"]))))
-        return vals
+    def _flow_labels(self, keys: np.ndarray) -> list[tuple[str, ...]]:
+        """Label values of each flow key, from columns (one numpy call per field)."""
+        if not len(keys):
+            return []
+        src = np.ascontiguousarray(keys["src_addr"]).view("V16").reshape(-1).tolist()
+        dst = np.ascontiguousarray(keys["dst_addr"]).view("V16").reshape(-1).tolist()
+        cols = [keys[f].tolist() for f in ("eth_proto", "traffic_type", "src_port", "dst_port", "protocol",
+                                           "direction", "dst_qp")]
+        const = (self.cfg.interface, self.cfg.host_ip, self.cfg.collect_agg)
+        drop = self.cfg.drop_ephemeral_ports
+        out = []
+        for s, d, ep, t, sport, dport, proto, di, qp in zip(src, dst, *cols):
+            tt = _TYPES.get(t, TrafficType.OTHER)
+            # Interned: flows share ports and protocols, and every series keeps its strings.
+            sp, dp = intern(str(sport)), intern(str(dport))
+            if drop and tt in _PORTED:
+                # Keep the service side; an ephemeral client port says nothing and costs a series each.
+                if sport >= EPHEMERAL_MIN or (sport > dport and sport >= 1024):
+                    sp = "ephemeral"
+                elif dport >= EPHEMERAL_MIN or (dport > sport and dport >= 1024):
+                    dp = "ephemeral"
+            vals = (addr_text(s, ep), addr_text(d, ep), sp, dp, intern(str(proto)), tt.json_name,
+                    _DIR_LABELS[di & 1], *const)
+            if tt in _ROCE:
+                vals = (*vals, intern(str(qp)))
+            out.append(vals)
+        return out
 
     def _other_labels(self, key: np.void) -> tuple[str, ...]:
         t = int(key["traffic_type"])
@@ -158,6 +168,7 @@ class SeriesTable:
         ids = np.empty(n, dtype=np.int64)
         is_other = np.zeros(n, dtype=bool)
         fs = self._flow_series
+        miss: list[int] = []
         for i in range(n):
             kb = kl[i]
             if cap is not None and kb not in self._selected:
@@ -166,8 +177,13 @@ class SeriesTable:
                 continue
             sid = fs.get(kb)
             if sid is None:
-                sid = fs[kb] = self._series_id(self._flow_labels(keys[i]))
-            ids[i] = sid
+                miss.append(i)
+            else:
+                ids[i] = sid
+        for lo in range(0, len(miss), 1024):  # new flows' labels from columns, a slice at a time
+            part = miss[lo:lo + 1024]
+            for i, vals in zip(part, self._flow_labels(keys[part])):
+                ids[i] = fs[kl[i]] = self._series_id(vals)
         cols = np.stack([totals[:, V["bytes"]], totals[:, V["packets"]], delta[:, V["bytes"]],
                          delta[:, V["packets"]]], axis=1).astype(np.uint64) if n else np.zeros((0, 4), np.uint64)
         # `other` counters accumulate the deltas of whatever is folded, so they only grow.

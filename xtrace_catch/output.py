@@ -154,14 +154,21 @@ class LineWriter:
         self.interface, self.host_ip, self.as_json = interface, host_ip, as_json
         self._ident: dict[bytes, str] = {}
 
-    def _identity(self, r: FlowRow) -> str:
-        if self.as_json:
-            j = json.dumps
-            return (f'"direction":{j(r.direction.label)},"src_ip":{j(r.src_ip)},"dst_ip":{j(r.dst_ip)},'
-                    f'"src_port":{r.src_port},"dst_port":{r.dst_port},"protocol":{r.protocol},'
-                    f'"traffic_type":{j(r.traffic_type.json_name)}')
-        return (f"{_endpoint(r.src_ip, r.src_port)} -> {_endpoint(r.dst_ip, r.dst_port)} proto={r.protocol} "
-                f"[{r.traffic_type.label}]")
+    def _identities(self, keys: np.ndarray) -> list[str]:
+        """Each flow's identity string, decoded from key columns (one numpy call per field)."""
+        src = np.ascontiguousarray(keys["src_addr"]).view("V16").reshape(-1).tolist()
+        dst = np.ascontiguousarray(keys["dst_addr"]).view("V16").reshape(-1).tolist()
+        cols = [keys[f].tolist() for f in ("eth_proto", "src_port", "dst_port", "protocol", "traffic_type",
+                                           "direction")]
+        other, j, out = TrafficType.OTHER, json.dumps, []
+        for s, d, ep, sp, dp, pr, t, di in zip(src, dst, *cols):
+            tt, sip, dip = _TYPES.get(t, other), addr_text(s, ep), addr_text(d, ep)
+            if self.as_json:
+                out.append(f'"direction":{j(_DIRS[di & 1].label)},"src_ip":{j(sip)},"dst_ip":{j(dip)},'
+                           f'"src_port":{sp},"dst_port":{dp},"protocol":{pr},"traffic_type":{j(tt.json_name)}')
+            else:
+                out.append(f"{_endpoint(sip, sp)} -> {_endpoint(dip, dp)} proto={pr} [{tt.label}]")
+        return out
 
     def lines(self, iv: Interval) -> list[str]:
         return [line for chunk in self.chunks(iv) for line in chunk]
@@ -177,8 +184,8 @@ class LineWriter:
         miss = [i for i, k in enumerate(kl) if k not in ident]
         for lo in range(0, len(miss), 1024):  # new flows in slices: a first interval's rows never pile up
             part = miss[lo:lo + 1024]
-            for i, r in zip(part, decode_flows(keys[part], iv.delta[part], iv.totals[part])):
-                ident[kl[i]] = self._identity(r)
+            for i, text in zip(part, self._identities(keys[part])):
+                ident[kl[i]] = text
         if len(ident) > 2 * max(n, 1024):  # forget flows that left the map
             self._ident = ident = {k: ident[k] for k in kl}
         ts = rfc3339(iv.time)

@@ -126,14 +126,27 @@ class RemoteWriteEncoder:
         self.table = table
         self._labels: dict[int, bytes] = {}
         self._names = [_label("__name__", name) for name, *_ in FLOW_METRICS]
+        # Label pairs are written sorted by name; the order is fixed, so sort the positions once.
+        self._order = {n: sorted(range(n), key=lambda i, n=n: (LABELS + ("dst_qp",))[i]) for n in
+                       (len(LABELS), len(LABELS) + 1)}
+        self._pairs: list[dict[str, bytes]] = [{} for _ in range(len(LABELS) + 1)]
 
     def _series_labels(self, sid: int) -> bytes:
         b = self._labels.get(sid)
         if b is None:
+            # A new series' labels from encoded (name, value) pairs: values repeat across
+            # series (interface, host, ports, addresses), so most pairs are dictionary hits.
             vals = self.table.labels[sid]
-            names = LABELS + (("dst_qp",) if len(vals) > len(LABELS) else ())
-            b = b"".join(_label(n, v) for n, v in sorted(zip(names, vals)))
-            self._labels[sid] = b
+            parts = []
+            for i in self._order[len(vals)]:
+                cache, v = self._pairs[i], vals[i]
+                enc = cache.get(v)
+                if enc is None:
+                    if len(cache) >= 1 << 16:
+                        cache.clear()
+                    enc = cache[v] = _label((LABELS + ("dst_qp",))[i], v)
+                parts.append(enc)
+            b = self._labels[sid] = b"".join(parts)
         return b
 
     def encode(self, batch: Batch) -> bytes:
