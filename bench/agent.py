@@ -48,12 +48,12 @@ class Params:
     flows: int
     intervals: int  # --count
     push: str       # remote write or text import path on VictoriaMetrics
-    arena_intervals: int  # a second, shorter run with MALLOC_ARENA_MAX=2 (0: none)
+    slope_intervals: int  # a second, shorter run with twice the flows, for RSS per flow (0: none)
 
 
-FULL = Params(flows=10_000, intervals=12, push="/api/v1/write", arena_intervals=6)  # 60 s + 30 s
-QUICK = Params(flows=10_000, intervals=4, push="/api/v1/write", arena_intervals=0)  # 20 s
-ARENA_ENV = {"MALLOC_ARENA_MAX": "2"}
+FULL = Params(flows=10_000, intervals=12, push="/api/v1/write", slope_intervals=6)  # 60 s + 30 s
+QUICK = Params(flows=10_000, intervals=4, push="/api/v1/write", slope_intervals=0)  # 20 s
+TARGET_FLOW_BYTES = 1024
 
 # Runs in the peer namespace. Bounded: at most `duration` seconds, whole cycles of `slices` sends.
 # SIGTERM ends it early and still prints what it sent.
@@ -192,6 +192,7 @@ def _breakdown(flows: int, rounds: int) -> tuple[dict[str, float], dict[str, flo
     """The agent's per-interval steps for `flows` active flows, run in this process on a real flow
     map where every flow got a packet: ({step: CPU seconds of this thread, median}, {step: peak
     Python memory during the step, bytes (tracemalloc, one more round)})."""
+    import gc
     import tracemalloc
 
     import collector as collector_bench  # bench/collector.py: the map filler
@@ -268,6 +269,22 @@ def _breakdown(flows: int, rounds: int) -> tuple[dict[str, float], dict[str, flo
                 tracemalloc.reset_peak()
                 fn()
                 mem[name] = tracemalloc.get_traced_memory()[1] - before
+            # What the agent keeps per tracked flow: a fresh collector, series table, encoder and
+            # emitter built under tracing, three intervals, then everything but their state freed.
+            st.clear()
+            gc.collect()
+            base = tracemalloc.get_traced_memory()[0]
+            col = Collector(dp)
+            exp = Export(settings, "xbg0", netenv.AGENT_IP4, col)
+            enc = RemoteWriteEncoder(exp.table)
+            emitter = Emitter(settings, "xbg0", netenv.AGENT_IP4, settings.max_flows, sink)
+            for _ in range(3):
+                filler.bump(every=1)
+                for name in ("collect", "batch", "rw", "emit"):
+                    steps[name]()
+            st.clear()
+            gc.collect()
+            mem["retained"] = tracemalloc.get_traced_memory()[0] - base
         finally:
             tracemalloc.stop()
     return {k: statistics.median(v) for k, v in t.items()}, mem
@@ -297,34 +314,30 @@ def _status(ok: bool) -> str:
     return "ok" if ok else "**over**"
 
 
-def _arena_lines(res: Result, arena: Result) -> list[str]:
-    """The default run's first intervals against the MALLOC_ARENA_MAX=2 run's, same length."""
-    n = len(arena.samples)
+def _slope_lines(res: Result, big: Result) -> list[str]:
+    """RSS per tracked flow: the run with twice the flows against the first intervals of the main run."""
+    n = len(big.samples)
     if n < 2 or len(res.samples) < n:
         return []
-
-    def row(label: str, r: Result) -> str:
-        s = r.samples[:n]
-        steady = (s[-1].cpu - s[0].cpu) / (s[-1].t - s[0].t)
-        return (f"| {label} | {r.attached_rss_kib / 1024:.1f} | {s[-1].hwm_kib / 1024:.1f} | "
-                f"{s[-1].rss_kib / 1024:.1f} | {steady:.2%} |")
-
+    a, b = res.samples[n - 1], big.samples[-1]
+    extra = big.p.flows - res.p.flows
+    per_rss = (b.rss_kib - a.rss_kib) * 1024 / extra
+    per_hwm = (b.hwm_kib - a.hwm_kib) * 1024 / extra
     return [
-        "Is it glibc's per-thread malloc arenas (collect and push encoding run in worker threads, and an "
-        "arena keeps what its thread freed)? A second run, "
-        f"{n} intervals with `MALLOC_ARENA_MAX=2` in the agent's environment, against the first {n} intervals "
-        "of the run above (information; one run each; equal RSS means the arenas are not the cause):",
+        f"RSS per tracked flow, end to end: a second run with {big.p.flows:,} flows for {n} intervals, against "
+        f"interval {n} of the run above (one run each; includes allocator slack):",
         "",
-        f"| run | VmRSS after attach MB | VmHWM at interval {n} MB | VmRSS at interval {n} MB | "
-        f"CPU, end of interval 1 to {n} |",
-        "|---|---:|---:|---:|---:|",
-        row("default", res),
-        row("MALLOC_ARENA_MAX=2", arena),
+        f"| run | VmRSS after attach MB | VmRSS at interval {n} MB | VmHWM at interval {n} MB |",
+        "|---|---:|---:|---:|",
+        f"| {res.p.flows:,} flows | {res.attached_rss_kib / 1024:.1f} | {a.rss_kib / 1024:.1f} | {a.hwm_kib / 1024:.1f} |",
+        f"| {big.p.flows:,} flows | {big.attached_rss_kib / 1024:.1f} | {b.rss_kib / 1024:.1f} | "
+        f"{b.hwm_kib / 1024:.1f} |",
+        f"| per extra flow | | {per_rss:.0f} B | {per_hwm:.0f} B |",
         "",
     ]
 
 
-def _report(res: Result, arena: Result | None, breakdown: dict[str, float], mem: dict[str, float],
+def _report(res: Result, big: Result | None, breakdown: dict[str, float], mem: dict[str, float],
             imports: dict[str, float], rounds: int, anomalies: list[str], seconds: float) -> str:
     p = res.p
     out = ["## Whole agent (10k active flows, export on)", ""]
@@ -409,6 +422,14 @@ def _report(res: Result, arena: Result | None, breakdown: dict[str, float], mem:
             out += [f"| sum of the steps (decode counted once) | {known * 1e3:.1f} | {known / per_iv:.0%} | |",
                     f"| rest: asyncio, httpx POST, summary, GC (measured - sum) | {(per_iv - known) * 1e3:.1f} | "
                     f"{(per_iv - known) / per_iv:.0%} | |", ""]
+        if "retained" in mem:
+            per_flow = mem["retained"] / p.flows
+            ok = per_flow < TARGET_FLOW_BYTES
+            out += [f"Memory the agent keeps per tracked flow (collector, series table, remote-write labels, output "
+                    f"identities; Python heap and numpy arrays by tracemalloc, after three intervals of a fresh "
+                    f"set): **{per_flow:.0f} B** (target < {TARGET_FLOW_BYTES} B: {_status(ok)}).", ""]
+            if not ok:
+                anomalies.append(f"{per_flow:.0f} B kept per tracked flow (target < {TARGET_FLOW_BYTES} B)")
         if not cpu_ok:
             anomalies.append(f"agent CPU {steady:.2%} of one core (target < {TARGET_CPU:.0%})")
         if not rss_ok:
@@ -419,8 +440,8 @@ def _report(res: Result, arena: Result | None, breakdown: dict[str, float], mem:
             anomalies.append(f"VictoriaMetrics holds {res.series} flow series, expected ~{p.flows}")
         if not push_ok:
             anomalies.append(f"pushes: {res.failures} failed, {res.dropped} samples dropped")
-    if arena is not None:
-        out += _arena_lines(res, arena)
+    if big is not None:
+        out += _slope_lines(res, big)
     if imports:
         out += ["RSS a fresh interpreter gains by importing each dependency alone (shared sub-imports counted in "
                 "each; the last row is the whole CLI): "
@@ -443,16 +464,16 @@ def run(*, quick: bool = False) -> str:
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:  # set-up failed: say so, run the rest
         anomalies.append(f"benchmark could not run: {type(exc).__name__}: {exc}")
         res = Result(p)
-    arena: Result | None = None
-    if p.arena_intervals:
-        _progress(f"again for {p.arena_intervals} intervals with {ARENA_ENV}")
-        pa = Params(p.flows, p.arena_intervals, p.push, 0)
+    big: Result | None = None
+    if p.slope_intervals:
+        pb = Params(2 * p.flows, p.slope_intervals, p.push, 0)
+        _progress(f"again with {pb.flows:,} flows for {pb.intervals} intervals (RSS per flow)")
         try:
-            arena = _measure(pa, anomalies, ARENA_ENV)
-            if arena.rc not in (0, None):
-                anomalies.append(f"the {ARENA_ENV} run's agent exited {arena.rc}: {arena.stderr_tail}")
+            big = _measure(pb, anomalies)
+            if big.rc not in (0, None):
+                anomalies.append(f"the {pb.flows:,}-flow run's agent exited {big.rc}: {big.stderr_tail}")
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-            anomalies.append(f"the {ARENA_ENV} run could not run: {type(exc).__name__}: {exc}")
+            anomalies.append(f"the {pb.flows:,}-flow run could not run: {type(exc).__name__}: {exc}")
     _progress("per-interval steps, in this process")
     rounds = 3 if quick else 7
     breakdown: dict[str, float] = {}
@@ -462,4 +483,4 @@ def run(*, quick: bool = False) -> str:
     except Exception as exc:  # noqa: BLE001 (the agent's internals move; the measurement above stands)
         anomalies.append(f"per-interval breakdown failed: {type(exc).__name__}: {exc}")
     imports = _import_rss()
-    return _report(res, arena, breakdown, mem, imports, rounds, anomalies, time.monotonic() - t0)
+    return _report(res, big, breakdown, mem, imports, rounds, anomalies, time.monotonic() - t0)

@@ -110,6 +110,7 @@ def _label(name: str, value: str) -> bytes:
 
 
 _ZERO8 = bytes(8)
+_ALL_LABELS = (*LABELS, "dst_qp")
 
 
 def _sample(double: bytes, ts: bytes) -> bytes:
@@ -124,30 +125,26 @@ class RemoteWriteEncoder:
 
     def __init__(self, table: SeriesTable) -> None:
         self.table = table
-        self._labels: dict[int, bytes] = {}
         self._names = [_label("__name__", name) for name, *_ in FLOW_METRICS]
         # Label pairs are written sorted by name; the order is fixed, so sort the positions once.
-        self._order = {n: sorted(range(n), key=lambda i, n=n: (LABELS + ("dst_qp",))[i]) for n in
-                       (len(LABELS), len(LABELS) + 1)}
+        self._order = {n: sorted(range(n), key=lambda i: _ALL_LABELS[i]) for n in (len(LABELS), len(LABELS) + 1)}
         self._pairs: list[dict[str, bytes]] = [{} for _ in range(len(LABELS) + 1)]
 
     def _series_labels(self, sid: int) -> bytes:
-        b = self._labels.get(sid)
-        if b is None:
-            # A new series' labels from encoded (name, value) pairs: values repeat across
-            # series (interface, host, ports, addresses), so most pairs are dictionary hits.
-            vals = self.table.labels[sid]
-            parts = []
-            for i in self._order[len(vals)]:
-                cache, v = self._pairs[i], vals[i]
-                enc = cache.get(v)
-                if enc is None:
-                    if len(cache) >= 1 << 16:
-                        cache.clear()
-                    enc = cache[v] = _label((LABELS + ("dst_qp",))[i], v)
-                parts.append(enc)
-            b = self._labels[sid] = b"".join(parts)
-        return b
+        # A series' labels from encoded (name, value) pairs, per request: values repeat across
+        # series (interface, host, ports, addresses), so most pairs are dictionary hits, and
+        # no per-series bytes are kept between pushes (~250 B a flow).
+        vals = self.table.labels[sid]
+        parts = []
+        for i in self._order[len(vals)]:
+            cache, v = self._pairs[i], vals[i]
+            enc = cache.get(v)
+            if enc is None:
+                if len(cache) >= 1 << 16:
+                    cache.clear()
+                enc = cache[v] = _label(_ALL_LABELS[i], v)
+            parts.append(enc)
+        return b"".join(parts)
 
     def encode(self, batch: Batch) -> bytes:
         """The uncompressed WriteRequest for a batch (flow series + health)."""
@@ -195,8 +192,6 @@ class RemoteWriteEncoder:
             lab = _label("__name__", hname) + b"".join(_label(k, v) for k, v in sorted(labels.items()))
             body = lab + _sample(struct.pack("<d", float(value)), ts)
             parts.append(b"\x0a" + _varint(len(body)) + body)
-        if len(self._labels) > 2 * max(len(self.table), 1024):
-            self._labels = {k: v for k, v in self._labels.items() if k in self.table.labels}
         out += b"".join(parts)
         return out
 
