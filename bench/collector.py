@@ -6,18 +6,23 @@ filled with ``BPF_MAP_UPDATE_BATCH`` (values for every possible CPU). Then, per 
 * **bare**: the batch-lookup syscalls alone, reading the whole map with preallocated buffers
   (``_libbpf.get().map_lookup_batch`` in a loop, the same batch size as ``BpfMap.read_all``, no
   numpy): the floor any reader pays;
-* **read**: ``Datapath.read_flows()`` (``BpfMap.read_all`` plus the per-CPU sum);
+* **read_flows**: ``Datapath.read_flows()`` (``BpfMap.read_all`` plus the per-CPU sum; the
+  collector no longer uses it, listed for comparison);
+* **counter read**: ``CounterReader.read()``, the collector's own read (keys straight into a kept
+  array, CPUs summed per batch);
 * **collect**: ``Collector.collect()``, the agent's own code: read, per-CPU sum, match against the
   previous read, deltas, idle check. Three cases: *new* (a fresh Collector: every flow is new),
   *steady* (the next call: no counter changed), *10% changed* (10% of the flows got packets,
-  written with an untimed batch update first);
-* **prototype**: the same three on ``ProtoCollector`` below, the changes this benchmark proposes
-  (bench-only; xtrace_catch is not touched), checked to give the same intervals.
+  written with an untimed batch update first). Every interval is checked, untimed, against the
+  values written: the same flows, totals and deltas, exactly.
+
+The map's CounterReader lives as long as the map, so a fresh Collector reuses its buffers (warmed
+by one read before the rounds, as the bare reader's are allocated once).
 
 Targets: a 100k-flow cycle <= 2x bare; 1M flows handled (no crash) and < 3x bare; Python memory
 per tracked flow < 1 KiB. Ratios are per round (collect / mean of the round's two bare reads),
-median over rounds. When a target is missed, the section profiles a steady 100k-flow collect
-(per-line wall time and cProfile) to name the lines that cost.
+median over rounds. The section also profiles a steady and a new 100k-flow collect (per-line wall
+time and cProfile) to name the lines that cost.
 """
 
 from __future__ import annotations
@@ -36,15 +41,16 @@ import numpy as np
 import frames
 import profiling
 from xtrace_catch import _libbpf
+from xtrace_catch import collector as collector_mod
 from xtrace_catch import datapath as datapath_mod
 from xtrace_catch import maps as maps_mod
 from xtrace_catch.collector import NV, V, Collector, Interval
 from xtrace_catch.datapath import PROG_XDP, Datapath, DatapathConfig
 from xtrace_catch.errors import XtraceError
-from xtrace_catch.layout import FLOW_KEY, STATS_FIELDS
-from xtrace_catch.maps import BpfMap
+from xtrace_catch.layout import FLOW_KEY
+from xtrace_catch.maps import BpfMap, CounterReader
 
-__all__ = ["NAME", "run", "Params", "FULL", "QUICK", "ProtoCollector"]
+__all__ = ["NAME", "run", "Params", "FULL", "QUICK", "FlowFiller", "BareReader"]
 
 NAME = "collector"
 TARGET_RATIO_100K = 2.0
@@ -133,191 +139,6 @@ class BareReader:
         return total
 
 
-# -- the prototype ----------------------------------------------------------------------------------
-
-
-class ChunkReader:
-    """Prototype read: the kernel writes keys straight into one preallocated key array and values
-    into one reused chunk buffer; CPUs are summed chunk by chunk into a preallocated (capacity, NV)
-    array. No fresh pages per interval, no ``.raw`` copies, no concatenate, and the (n, ncpus)
-    per-CPU array never exists for the whole map (it grows with the CPU count)."""
-
-    def __init__(self, m: BpfMap) -> None:
-        self.m = m
-        self.lookup = _libbpf.get().map_lookup_batch
-        self.count = max(64, min(m.info.max_entries, maps_mod._BATCH_BYTES // m.value_len))
-        cap = m.info.max_entries + self.count  # a call may write up to `count` past what is read
-        self.keys = np.zeros(cap, dtype=f"S{m.info.key_size}")
-        self.sums = np.zeros((m.info.max_entries, NV), dtype=np.uint64)
-        self.chunk = np.zeros(self.count * m.value_len, dtype=np.uint8)
-        self.tin = ctypes.create_string_buffer(max(m.info.key_size, 8))
-        self.tout = ctypes.create_string_buffer(max(m.info.key_size, 8))
-
-    def read(self) -> tuple[np.ndarray, np.ndarray]:
-        """(keys S48, sums (n, NV) u64): views into reused buffers, valid until the next read."""
-        m, got, first = self.m, 0, True
-        words = m.slot // 8
-        kaddr, caddr = self.keys.ctypes.data, self.chunk.ctypes.data
-        for _ in range(1 << 20):
-            n, done = self.lookup(m.fd, None if first else ctypes.cast(self.tin, ctypes.c_void_p), self.tout,
-                                  ctypes.c_void_p(kaddr + got * m.info.key_size), ctypes.c_void_p(caddr), self.count)
-            if n:
-                per_cpu = self.chunk[: n * m.value_len].view("<u8").reshape(n, m.ncpus, words)[:, :, :NV]
-                np.add.reduce(per_cpu, axis=1, out=self.sums[got:got + n])
-                got += n
-            if done:
-                break
-            ctypes.memmove(self.tin, self.tout, len(self.tout))
-            first = False
-        return self.keys[:got], self.sums[:got]
-
-
-_MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
-                 0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53], dtype=np.uint64)
-
-
-def key_hash(ks: np.ndarray) -> np.ndarray:
-    """A 64-bit hash per 48-byte key, vectorised: per 8-byte word, xor it in, multiply by an odd
-    constant, fold the high half down (multiply-xorshift, so words do not cancel each other out).
-    Sorting these is a u64 sort instead of a 48-byte string sort."""
-    w = ks.view("<u8").reshape(-1, KEY_SIZE // 8)
-    h = np.zeros(len(w), dtype=np.uint64)
-    for j in range(w.shape[1]):
-        h ^= w[:, j]
-        h *= _MIX[j]
-        h ^= h >> np.uint64(32)
-    return h
-
-
-class ProtoCollector(Collector):
-    """Collector.collect with three changes (everything else, eviction included, is the same code):
-
-    1. the read is ChunkReader (no copies, CPUs summed per chunk into a reused array);
-    2. flows are ordered and matched by a 64-bit key hash (u64 argsort and searchsorted) instead
-       of the 48-byte keys; a match is still confirmed on the whole key. Distinct keys with equal
-       hashes are counted in ``hash_collisions`` (a real version falls back to the byte sort then);
-    3. when nothing was evicted the kept state and the Interval's all_* arrays are the computed
-       arrays themselves, not boolean-indexed copies;
-    4. the active flows' keys are picked from the 48-byte string view, then viewed as FLOW_KEY
-       (fancy indexing the structured FLOW_KEY view is several times slower).
-
-    One ChunkReader lives as long as the agent; pass it in to share it between collectors.
-    """
-
-    def __init__(self, source: Datapath, reader: ChunkReader | None = None, **kw: object) -> None:
-        super().__init__(source, **kw)  # type: ignore[arg-type]
-        self.reader = reader or ChunkReader(source.flows)
-        self._hash = np.empty(0, dtype=np.uint64)
-        self.hash_collisions = 0
-
-    def collect(self) -> Interval:  # noqa: C901 (a copy of Collector.collect, kept whole to compare)
-        t0 = self._clock.monotonic()
-        ks_view, kv_view = self.reader.read()
-        stats = np.array(self.source.read_stats().tolist(), dtype=np.uint64)
-        ovf = self.source.read_overflow()
-        ovf_u = np.ascontiguousarray(ovf).view("<u8").reshape(ovf.shape[0], ovf.shape[1], NV)
-        now = self._clock.monotonic()
-
-        h = key_hash(ks_view)
-        order = np.argsort(h)
-        h = h[order]
-        if len(h) > 1 and bool((h[1:] == h[:-1]).any()):
-            self.hash_collisions += 1
-        ks, kv = ks_view[order], kv_view[order]
-
-        n_prev = len(self._keys)
-        if n_prev:
-            pos = np.searchsorted(self._hash, h)
-            pos_c = np.minimum(pos, n_prev - 1)
-            found = self._keys[pos_c] == ks
-        else:
-            pos_c = np.zeros(len(ks), dtype=np.intp)
-            found = np.zeros(len(ks), dtype=bool)
-        all_found = bool(found.all())
-        if all_found:
-            prev_k, prev_t, last_active = self._kvals[pos_c], self._totals[pos_c], self._last_active[pos_c]
-        else:
-            prev_k = np.zeros_like(kv)
-            prev_t = np.zeros_like(kv)
-            last_active = np.full(len(ks), now)
-            prev_k[found] = self._kvals[pos_c[found]]
-            prev_t[found] = self._totals[pos_c[found]]
-            last_active[found] = self._last_active[pos_c[found]]
-
-        if self._retired:
-            for i in np.flatnonzero(~found):
-                old = self._retired.pop(ks[i].tobytes().ljust(KEY_SIZE, b"\0"), None)
-                if old is not None:
-                    prev_t[i] = old
-
-        delta = np.where(kv >= prev_k, kv - prev_k, kv)
-        changed = delta[:, V["packets"]] > 0
-        last_active[changed] = now
-
-        evicted = 0
-        idle = np.flatnonzero(~changed & (now - last_active >= self.idle_timeout))
-        keep = np.ones(len(ks), dtype=bool)
-        for i in idle:
-            kb = ks[i].tobytes().ljust(KEY_SIZE, b"\0")
-            final = self.source.take_flow(kb)
-            if final is not None:
-                fu = final.astype(np.uint64, copy=False).reshape(NV)
-                extra = np.where(fu >= kv[i], fu - kv[i], 0).astype(np.uint64)
-                if extra[V["packets"]]:
-                    delta[i] += extra
-                    changed[i] = True
-            keep[i] = False
-            evicted += 1
-            self._retire(kb, prev_t[i] + delta[i])
-
-        totals = prev_t + delta
-        if evicted:
-            self._keys, self._kvals, self._totals = ks[keep], kv[keep], totals[keep]
-            self._last_active, self._hash = last_active[keep], h[keep]
-        else:
-            self._keys, self._kvals, self._totals, self._last_active, self._hash = ks, kv, totals, last_active, h
-        self.evicted_total += evicted
-
-        stats_delta = stats - self._stats_prev
-        self._stats_prev = stats
-        ovf_delta = ovf_u - (self._ovf_prev if self._ovf_prev is not None else 0)
-        self._ovf_prev = ovf_u.copy()
-
-        act = np.flatnonzero(changed)
-        act = act[np.argsort(-delta[act, V["bytes"]].astype(np.int64), kind="stable")]
-        rec_keys = ks.view(FLOW_KEY) if len(ks) else np.empty(0, dtype=FLOW_KEY)
-        if evicted:
-            export = keep | changed
-            all_keys, all_totals, all_delta = rec_keys[export], totals[export], delta[export]
-        else:
-            all_keys, all_totals, all_delta = rec_keys, totals, delta
-
-        self._seq += 1
-        elapsed = now - self._last_time
-        self._last_time = now
-        return Interval(
-            seq=self._seq, time=time.time(), elapsed=elapsed,
-            keys=ks[act].view(FLOW_KEY), delta=delta[act], totals=totals[act],
-            all_keys=all_keys, all_totals=all_totals, all_delta=all_delta,
-            stats_delta=dict(zip(STATS_FIELDS, (int(x) for x in stats_delta))),
-            stats_total=dict(zip(STATS_FIELDS, (int(x) for x in stats))),
-            overflow_delta=ovf_delta, overflow_total=ovf_u.copy(),
-            flows_tracked=int(keep.sum()), evicted=evicted,
-            collect_seconds=self._clock.monotonic() - t0,
-        )
-
-
-def _same_interval(a: Interval, b: Interval) -> bool:
-    """The same active flows with the same deltas and totals, whatever the order."""
-    def canon(keys: np.ndarray, *arrs: np.ndarray) -> tuple[np.ndarray, ...]:
-        raw = np.ascontiguousarray(keys).view(f"S{KEY_SIZE}").reshape(-1)
-        o = np.argsort(raw, kind="stable")
-        return (raw[o], *(x[o] for x in arrs))
-    ca = canon(a.keys, a.delta, a.totals) + canon(a.all_keys, a.all_delta, a.all_totals)
-    cb = canon(b.keys, b.delta, b.totals) + canon(b.all_keys, b.all_delta, b.all_totals)
-    return all(np.array_equal(x, y) for x, y in zip(ca, cb)) and a.flows_tracked == b.flows_tracked
-
-
 # -- measurement ----------------------------------------------------------------------------------
 
 
@@ -332,13 +153,13 @@ class SizeResult:
     fill_s: float
     bare: list[float] = field(default_factory=list)      # per round: mean of the two bare reads
     read: list[float] = field(default_factory=list)      # Datapath.read_flows
+    counter_read: list[float] = field(default_factory=list)  # CounterReader.read
     collect: dict[str, list[float]] = field(default_factory=lambda: {v: [] for v in VARIANTS})
-    proto: dict[str, list[float]] = field(default_factory=lambda: {v: [] for v in VARIANTS})
     mem: dict[str, float] = field(default_factory=dict)
     error: str = ""
 
-    def ratios(self, which: dict[str, list[float]], variant: str) -> list[float]:
-        return [c / b for c, b in zip(which[variant], self.bare)]
+    def ratios(self, variant: str) -> list[float]:
+        return [c / b for c, b in zip(self.collect[variant], self.bare)]
 
 
 def _timed(fn: Callable[[], object]) -> tuple[float, object]:
@@ -347,23 +168,52 @@ def _timed(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - t0, r
 
 
-def _check(iv: Interval, variant: str, flows: int, changed: int, where: str, anomalies: list[str]) -> None:
-    want = {"new": flows, "steady": 0, "changed": changed}[variant]
-    if len(iv.keys) != want or iv.flows_tracked != flows or iv.evicted:
-        anomalies.append(f"{where} {variant}: {len(iv.keys)} active (expected {want}), {iv.flows_tracked} tracked "
-                         f"(expected {flows}), {iv.evicted} evicted")
+class Expected:
+    """What an interval must say, from the values the filler wrote: flows compared in key order."""
+
+    def __init__(self, filler: FlowFiller) -> None:
+        self.filler = filler
+        raw = filler.keys.view(f"S{KEY_SIZE}").reshape(-1)
+        self.order = np.argsort(raw)
+        self.keys = raw[self.order]
+
+    def problems(self, iv: Interval, variant: str, bumped: np.ndarray) -> list[str]:
+        f = self.filler
+        n = len(f.keys)
+        totals = f.vals[:, :, :NV].sum(axis=1, dtype=np.uint64)
+        delta = {"new": totals, "steady": np.zeros_like(totals), "changed": np.zeros_like(totals)}[variant]
+        if variant == "changed":
+            delta[bumped, V["packets"]] = 1
+            delta[bumped, V["bytes"]] = 100
+        active = {"new": n, "steady": 0, "changed": len(bumped)}[variant]
+        got = np.ascontiguousarray(iv.all_keys).view(f"S{KEY_SIZE}").reshape(-1)
+        o = np.argsort(got)
+        out = []
+        if not np.array_equal(got[o], self.keys):
+            out.append(f"{len(got)} flows exported, not the {n} written")
+        elif not np.array_equal(iv.all_totals[o], totals[self.order]):
+            out.append("totals differ from the values written")
+        elif not np.array_equal(iv.all_delta[o], delta[self.order]):
+            out.append("deltas differ from the values written")
+        if len(iv.keys) != active or not np.array_equal(iv.delta.sum(axis=0), delta.sum(axis=0)):
+            out.append(f"{len(iv.keys)} active flows (expected {active})")
+        if iv.flows_tracked != n or iv.evicted:
+            out.append(f"{iv.flows_tracked} tracked (expected {n}), {iv.evicted} evicted")
+        return out
 
 
-def _memory(dp: Datapath, make: Callable[[], Collector], flows: int) -> dict[str, float]:
+def _memory(dp: Datapath, flows: int) -> dict[str, float]:
     """Bytes per flow (tracemalloc): what the collector keeps plus the Interval the agent holds
-    between cycles, retained after a steady collect, and the peak during that collect. (RSS cannot
-    isolate this here: the allocator reuses pages freed by earlier rounds; the agent benchmark
-    reports the real process's RSS.)"""
+    between cycles, retained after a steady collect, and the peak during that collect; both with
+    the map's CounterReader buffers added (allocated before tracing starts, kept for the map's life).
+    (RSS cannot isolate this here: the allocator reuses pages freed by earlier rounds; the agent
+    benchmark reports the real process's RSS.)"""
+    reader_bytes = dp.flows.counter_reader(NV).nbytes
     gc.collect()
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
-        c = make()
+        c = Collector(dp, idle_timeout=IDLE_TIMEOUT)
         iv = c.collect()
         del iv
         gc.collect()
@@ -374,8 +224,9 @@ def _memory(dp: Datapath, make: Callable[[], Collector], flows: int) -> dict[str
     finally:
         tracemalloc.stop()
     return {
-        "retained": (cur - base) / flows,
-        "peak": (peak - base) / flows,
+        "retained": (cur - base + reader_bytes) / flows,
+        "peak": (peak - base + reader_bytes) / flows,
+        "reader": reader_bytes / flows,
     }
 
 
@@ -387,13 +238,14 @@ def _measure_size(flows: int, rounds: int, anomalies: list[str], profile: list[s
         filler = FlowFiller(dp.flows, keys)
         fill_s, _ = _timed(filler.fill)
         res = SizeResult(flows=flows, rounds=rounds, max_entries=dp.flows.info.max_entries, fill_s=fill_s)
+        expected = Expected(filler)
         bare = BareReader(dp.flows)
-        if bare.read() != flows:
-            anomalies.append(f"{flows:,} flows: the bare read returned {bare.read()} flows")
+        if (got := bare.read()) != flows:
+            anomalies.append(f"{flows:,} flows: the bare read returned {got} flows")
         dp.read_flows()  # warm: the first read of a fresh map pays page faults, any reader would
-        reader = ChunkReader(dp.flows)  # long-lived, as it would be in the agent
+        reader = dp.flows.counter_reader(NV)
         reader.read()
-        bumped = 0
+        bumped = np.arange(0, flows, 10)
         for r in range(rounds):
             _progress(f"{flows:,} flows: round {r + 1}/{rounds}")
             b1, _ = _timed(bare.read)
@@ -401,32 +253,27 @@ def _measure_size(flows: int, rounds: int, anomalies: list[str], profile: list[s
             if len(k) != flows:
                 anomalies.append(f"{flows:,} flows: read_flows returned {len(k)} flows")
             del k, _v
+            cr, (k, _v) = _timed(reader.read)  # type: ignore[misc]
+            if len(k) != flows:
+                anomalies.append(f"{flows:,} flows: CounterReader.read returned {len(k)} flows")
+            del k, _v
             c = Collector(dp, idle_timeout=IDLE_TIMEOUT)
-            p = ProtoCollector(dp, reader=reader, idle_timeout=IDLE_TIMEOUT)
-            ivs: dict[tuple[str, str], Interval] = {}
             for variant in VARIANTS:
                 if variant == "changed":
-                    bumped = filler.bump()
-                # alternate which of the two goes first
-                pair = [("collect", c, res.collect), ("proto", p, res.proto)]
-                for who, col, acc in (pair if r % 2 == 0 else pair[::-1]):
-                    t, iv = _timed(col.collect)
-                    acc[variant].append(t)
-                    assert isinstance(iv, Interval)
-                    _check(iv, variant, flows, bumped, f"{flows:,} flows {who}", anomalies)
-                    ivs[(who, variant)] = iv
-                if not _same_interval(ivs[("collect", variant)], ivs[("proto", variant)]):
-                    anomalies.append(f"{flows:,} flows {variant}: the prototype's interval differs from Collector's")
-            if p.hash_collisions:
-                anomalies.append(f"{flows:,} flows: {p.hash_collisions} prototype key-hash collisions")
-            del ivs, c, p
+                    filler.bump()
+                t, iv = _timed(c.collect)
+                res.collect[variant].append(t)
+                assert isinstance(iv, Interval)
+                anomalies += [f"{flows:,} flows, round {r + 1}, {variant}: {p}"
+                              for p in expected.problems(iv, variant, bumped)]
+                del iv
+            del c
             b2, _ = _timed(bare.read)
             res.bare.append((b1 + b2) / 2)
             res.read.append(rd)
+            res.counter_read.append(cr)
         _progress(f"{flows:,} flows: memory")
-        res.mem = _memory(dp, lambda: Collector(dp, idle_timeout=IDLE_TIMEOUT), flows)
-        proto_mem = _memory(dp, lambda: ProtoCollector(dp, idle_timeout=IDLE_TIMEOUT), flows)
-        res.mem.update({f"proto_{k}": v for k, v in proto_mem.items()})
+        res.mem = _memory(dp, flows)
         if profile is not None:  # always, so the section names the costly lines whatever the verdict
             _progress(f"{flows:,} flows: profiling a steady collect")
             profile += _profile(dp, flows)
@@ -434,11 +281,11 @@ def _measure_size(flows: int, rounds: int, anomalies: list[str], profile: list[s
 
 
 def _profile(dp: Datapath, flows: int) -> list[str]:
-    funcs = [Collector.collect, maps_mod.BpfMap.read_all, maps_mod.BpfMap._read_batch, maps_mod.BpfMap._views,
-             datapath_mod.Datapath.read_flows, datapath_mod._sum_cpus, datapath_mod.Datapath.read_overflow,
-             datapath_mod.Datapath.read_stats]
-    what = ("Collector.collect, BpfMap.read_all/_read_batch/_views and Datapath.read_flows/_sum_cpus/"
-            "read_overflow/read_stats")
+    funcs = [Collector.collect, Collector._read, Collector._match, collector_mod.key_hash, CounterReader.read,
+             CounterReader._read_batch, CounterReader._reserve, datapath_mod._sum_cpus,
+             datapath_mod.Datapath.read_overflow, datapath_mod.Datapath.read_stats]
+    what = ("Collector.collect/_read/_match, key_hash, CounterReader.read/_read_batch/_reserve and "
+            "Datapath.read_overflow/read_stats/_sum_cpus")
     out: list[str] = []
     for variant in ("steady", "new"):
         cols = [Collector(dp, idle_timeout=IDLE_TIMEOUT) for _ in range(4)]
@@ -491,23 +338,24 @@ def _report(results: list[SizeResult], profile: list[str], anomalies: list[str],
         "The real datapath, its flow map (1.25x the flows; per-CPU hash, "
         f"{ncpus} possible CPUs) filled with synthetic IPv4 TCP/UDP/RoCE v2 flows by batch update. Per round, "
         "interleaved: the bare batch-lookup syscalls (preallocated buffers, BpfMap's batch size, no numpy), "
-        "`Datapath.read_flows()`, then `Collector.collect()` and the prototype (below) on a fresh collector "
-        "(*new*: all flows new), again (*steady*: no counter changed), and after an untimed batch update that "
-        "gave 10% of the flows a packet (*10% changed*). Times are medians over rounds; ratio = collect / bare "
-        "of the same round, median (min-max) over rounds. "
+        "`Datapath.read_flows()` (not used by the collector; for comparison), `CounterReader.read()` (the "
+        "collector's read), then `Collector.collect()` on a fresh collector (*new*: all flows new), again "
+        "(*steady*: no counter changed), and after an untimed batch update that gave 10% of the flows a packet "
+        "(*10% changed*). Every interval is checked against the values written (flows, totals, deltas; exact); "
+        "a mismatch is listed under Anomalies. Times are medians over rounds; ratio = collect / bare of the same "
+        "round, median (min-max) over rounds. "
         f"Targets: 100k flows <= {TARGET_RATIO_100K:.0f}x bare; 1M flows handled and < {TARGET_RATIO_1M:.0f}x bare.",
         "",
-        "| flows | rounds | bare ms | read_flows ms | collect | ms | ratio to bare | target | prototype ms | "
-        "prototype ratio |",
-        "|---:|---:|---:|---:|---|---:|---|---|---:|---|",
+        "| flows | rounds | bare ms | read_flows ms | counter read ms | collect | ms | ratio to bare | target |",
+        "|---:|---:|---:|---:|---:|---|---:|---|---|",
     ]
     for res in results:
         if res.error:
-            out.append(f"| {res.flows:,} | - | - | - | - | - | failed: {res.error} | **over** | - | - |")
+            out.append(f"| {res.flows:,} | - | - | - | - | - | - | failed: {res.error} | **over** |")
             continue
         target = _target_for(res.flows)
         for variant in VARIANTS:
-            ratios = res.ratios(res.collect, variant)
+            ratios = res.ratios(variant)
             if target is None:
                 st = "(info)"
             else:
@@ -521,21 +369,21 @@ def _report(results: list[SizeResult], profile: list[str], anomalies: list[str],
             first = variant == "new"
             out.append(
                 f"| {f'{res.flows:,}' if first else ''} | {res.rounds if first else ''} | "
-                f"{_ms(res.bare) if first else ''} | {_ms(res.read) if first else ''} | {label} | "
-                f"{_ms(res.collect[variant])} | {_ratio_cell(ratios)} | {st} | {_ms(res.proto[variant])} | "
-                f"{_ratio_cell(res.ratios(res.proto, variant))} |"
+                f"{_ms(res.bare) if first else ''} | {_ms(res.read) if first else ''} | "
+                f"{_ms(res.counter_read) if first else ''} | {label} | "
+                f"{_ms(res.collect[variant])} | {_ratio_cell(ratios)} | {st} |"
             )
     out += [
         "",
         "Python memory per tracked flow: the collector's state plus the Interval the agent holds between "
         "cycles, after a steady collect (tracemalloc; numpy and ctypes buffers are traced), and the peak during "
-        "that collect (the read's transient buffers). RSS cannot isolate these in this process (the allocator "
-        "reuses pages freed by earlier rounds): the agent section gives the real process's RSS. The prototype "
-        "counts its preallocated arrays (sized to the map's capacity, so more per flow when the map is "
-        f"not full). Target: retained < {TARGET_BYTES_PER_FLOW} B/flow.",
+        "that collect; both include the map's CounterReader buffers (keys and sums, grown to the largest read "
+        "and kept with the map, plus one 4 MiB batch chunk, so more per flow on small maps). RSS cannot isolate "
+        "these in this process (the allocator reuses pages freed by earlier rounds): the agent section gives the "
+        f"real process's RSS. Target: retained < {TARGET_BYTES_PER_FLOW} B/flow.",
         "",
-        "| flows | retained B/flow | target | peak in collect B/flow | prototype retained | prototype peak |",
-        "|---:|---:|---|---:|---:|---:|",
+        "| flows | retained B/flow | target | peak in collect B/flow | of which reader buffers |",
+        "|---:|---:|---|---:|---:|",
     ]
     for res in results:
         if res.error or not res.mem:
@@ -545,25 +393,9 @@ def _report(results: list[SizeResult], profile: list[str], anomalies: list[str],
         if not ok:
             anomalies.append(f"{res.flows:,} flows: {m['retained']:.0f} B/flow retained (target < "
                              f"{TARGET_BYTES_PER_FLOW})")
-        out.append(f"| {res.flows:,} | {m['retained']:.0f} | {_status(ok)} | {m['peak']:.0f} | "
-                   f"{m['proto_retained']:.0f} | {m['proto_peak']:.0f} |")
+        out.append(f"| {res.flows:,} | {m['retained']:.0f} | {_status(ok)} | {m['peak']:.0f} | {m['reader']:.0f} |")
     out += ["", "Fill (batch update of every flow, untimed by the ratios): " + ", ".join(
         f"{r.flows:,} in {r.fill_s * 1e3:.0f} ms" for r in results if not r.error) + ".", ""]
-    out += [
-        "### Prototype",
-        "",
-        "`ProtoCollector` in `bench/collector.py` (not in xtrace_catch): `Collector.collect` with (1) "
-        "`ChunkReader`: keys written by the kernel straight into one preallocated array, values into one "
-        "reused 4 MiB chunk, CPUs summed per chunk into a preallocated (max_entries, 12) array (no fresh pages "
-        "per interval, no `.raw` copies, no `np.concatenate`, no whole-map (n, ncpus) array); (2) flows sorted "
-        "and matched by a 64-bit hash of the key (u64 argsort/searchsorted instead of 48-byte string ones; a "
-        "match is still confirmed on the whole key); (3) no boolean-index copies of the state and of the "
-        "Interval's all_* arrays when nothing was evicted; (4) the active flows' keys indexed as 48-byte strings, "
-        "then viewed as FLOW_KEY (indexing the structured view is what makes `keys=rec_keys[act]` slow). "
-        "Each prototype interval is checked equal (same "
-        "flows, deltas, totals) to Collector's; a mismatch would be listed below.",
-        "",
-    ]
     if profile:
         out += ["### Where a collect spends its time", ""] + profile + [""]
     out += ["### Anomalies", ""]

@@ -2,7 +2,9 @@
 
 Per-CPU maps hand user space one value per *possible* CPU, each rounded up to 8 bytes;
 :meth:`BpfMap.read_all` returns them as a numpy array shaped (n, ncpus) of the value's
-record type so callers can sum CPUs in one vectorised step.
+record type so callers can sum CPUs in one vectorised step. Maps of u64 counters read every
+interval go through :class:`CounterReader` instead: CPUs summed as the batches arrive, into
+buffers kept between reads.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 from . import _libbpf
 from .errors import MapError
 
-__all__ = ["BpfMap", "MapInfo", "PERCPU_TYPES"]
+__all__ = ["BpfMap", "CounterReader", "MapInfo", "PERCPU_TYPES"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ class BpfMap:
                                      "itemsize": self.slot}) if self.value_dtype.names else np.dtype((np.void, self.slot))
         self.batch_supported: bool | None = None
         self.take_supported: bool | None = None
+        self._counter_readers: dict[int, CounterReader] = {}
 
     def __repr__(self) -> str:
         return f"BpfMap({self.info.name!r}, fd={self.fd}, max_entries={self.info.max_entries})"
@@ -105,6 +108,14 @@ class BpfMap:
                 log.info("batch lookup unsupported on %s (%s); using per-key reads", self.info.name, exc)
                 self.batch_supported = False
         return self._read_per_key()
+
+    def counter_reader(self, fields: int) -> CounterReader:
+        """The map's reader of its first `fields` u64 counters summed over CPUs. One per map and
+        width, so every collector of the map reuses the same buffers, sized by the largest read."""
+        reader = self._counter_readers.get(fields)
+        if reader is None:
+            reader = self._counter_readers[fields] = CounterReader(self, fields)
+        return reader
 
     def _views(self, kbuf: bytes, vbuf: bytes, n: int) -> tuple[np.ndarray, np.ndarray]:
         keys = np.frombuffer(kbuf, dtype=self.key_dtype, count=n)
@@ -195,3 +206,90 @@ class BpfMap:
     def update_batch(self, keys: bytes, values: bytes, count: int) -> int:
         """BPF_MAP_UPDATE_BATCH (bench and tests fill maps with it)."""
         return self.lib.map_update_batch(self.fd, keys, values, count)
+
+
+class CounterReader:
+    """Whole-map reads of a map whose values start with u64 counters, summed over CPUs.
+
+    The kernel writes keys straight into one key array kept between reads and values into one
+    reused chunk of ``_BATCH_BYTES``; each chunk's CPUs are summed as it arrives. Once the
+    buffers fit the map a read allocates nothing, and the whole map's (n, ncpus) values never
+    exist at once. Requires Linux 5.6 for batch lookups; falls back to per-key reads (see
+    :meth:`BpfMap.read_all`) where the kernel or map type lacks them. Raises MapError.
+    """
+
+    def __init__(self, m: BpfMap, fields: int) -> None:
+        if m.slot % 8 or not 0 < fields * 8 <= m.info.value_size:
+            raise MapError(f"{m.info.name}: a {m.info.value_size}-byte value does not hold {fields} u64 counters")
+        self.m = m
+        self.fields = fields
+        self.count = max(64, min(m.info.max_entries, _BATCH_BYTES // m.value_len))
+        self._keys = np.empty(0, dtype=f"S{m.info.key_size}")
+        self._sums = np.empty((0, fields), dtype=np.uint64)
+        self._chunk = np.empty(self.count * m.value_len, dtype=np.uint8)
+        self._token_in = ctypes.create_string_buffer(max(m.info.key_size, 8))
+        self._token_out = ctypes.create_string_buffer(max(m.info.key_size, 8))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held between reads."""
+        return self._keys.nbytes + self._sums.nbytes + self._chunk.nbytes
+
+    def read(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keys as n ``S<key_size>`` strings, (n, fields) uint64 sums). Both may be views into
+        the reader's buffers: valid until its next read."""
+        m = self.m
+        if m.batch_supported is not False:
+            try:
+                n = self._read_batch()
+                m.batch_supported = True
+                return self._keys[:n], self._sums[:n]
+            except MapError as exc:
+                if exc.errno not in _BATCH_UNSUPPORTED or m.batch_supported:
+                    raise
+                log.info("batch lookup unsupported on %s (%s); using per-key reads", m.info.name, exc)
+                m.batch_supported = False
+        keys, vals = m._read_per_key()
+        n = len(keys)
+        per_cpu = np.ascontiguousarray(vals).view("<u8").reshape(n, m.ncpus, m.slot // 8)[:, :, :self.fields]
+        return np.ascontiguousarray(keys).view(self._keys.dtype).reshape(n), per_cpu.sum(axis=1, dtype=np.uint64)
+
+    def _reserve(self, n: int) -> None:
+        """Room for `n` keys and sums, keeping what is read so far (a map under churn can yield
+        more keys in one pass than it holds at any moment)."""
+        have = len(self._keys)
+        if n <= have:
+            return
+        cap = max(n, min(2 * have, self.m.info.max_entries + self.count))
+        keys = np.empty(cap, dtype=self._keys.dtype)
+        sums = np.empty((cap, self.fields), dtype=np.uint64)
+        keys[:have] = self._keys
+        sums[:have] = self._sums
+        self._keys, self._sums = keys, sums
+
+    def _read_batch(self) -> int:
+        m = self.m
+        ksz, vlen, words = m.info.key_size, m.value_len, m.slot // 8
+        got, first = 0, True
+        while True:
+            self._reserve(got + self.count)
+            try:
+                n, done = m.lib.map_lookup_batch(
+                    m.fd, None if first else ctypes.cast(self._token_in, ctypes.c_void_p), self._token_out,
+                    ctypes.c_void_p(self._keys.ctypes.data + got * ksz),  # type: ignore[arg-type]
+                    ctypes.c_void_p(self._chunk.ctypes.data), self.count,  # type: ignore[arg-type]
+                )
+            except MapError as exc:
+                if exc.errno == errno.ENOSPC:  # one hash bucket holds more than `count`
+                    self.count *= 2
+                    self._chunk = np.empty(self.count * vlen, dtype=np.uint8)
+                    continue
+                raise
+            if n:
+                per_cpu = self._chunk[: n * vlen].view("<u8").reshape(n, m.ncpus, words)[:, :, :self.fields]
+                np.add.reduce(per_cpu, axis=1, out=self._sums[got:got + n])
+                got += n
+            if done:
+                return got
+            ctypes.memmove(self._token_in, self._token_out, len(self._token_out))
+            first = False
