@@ -378,7 +378,8 @@ def _report(results: list[SizeResult], profile: list[str], anomalies: list[str],
         "Python memory per tracked flow: the collector's state plus the Interval the agent holds between "
         "cycles, after a steady collect (tracemalloc; numpy and ctypes buffers are traced), and the peak during "
         "that collect; both include the map's CounterReader buffers (keys and sums, grown to the largest read "
-        "and kept with the map, plus one 4 MiB batch chunk, so more per flow on small maps). RSS cannot isolate "
+        f"and kept with the map, plus one {maps_mod._BATCH_BYTES >> 20} MiB batch chunk, so more per flow on small "
+        "maps). RSS cannot isolate "
         "these in this process (the allocator reuses pages freed by earlier rounds): the agent section gives the "
         f"real process's RSS. Target: retained < {TARGET_BYTES_PER_FLOW} B/flow.",
         "",

@@ -148,8 +148,7 @@ class SeriesTable:
         """The interval's flow samples, aggregated per label set."""
         keys, totals, delta = iv.all_keys, iv.all_totals, iv.all_delta
         n = len(keys)
-        # Every key as exact 48-byte bytes, made in one C call (not bytes(...).ljust() per flow).
-        kl: list[bytes] = np.ascontiguousarray(keys).view(f"V{keys.dtype.itemsize}").reshape(-1).tolist() if n else []
+        kl = iv.all_key_bytes()
         cap = self.cfg.max_series
         if cap is not None:
             self._selected &= set(kl)

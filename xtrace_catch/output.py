@@ -179,7 +179,7 @@ class LineWriter:
         n = len(keys)
         if not n:
             return
-        kl: list[bytes] = np.ascontiguousarray(keys).view(f"V{keys.dtype.itemsize}").reshape(-1).tolist()
+        kl = iv.key_bytes()
         ident = self._ident
         miss = [i for i, k in enumerate(kl) if k not in ident]
         for lo in range(0, len(miss), 1024):  # new flows in slices: a first interval's rows never pile up
