@@ -183,8 +183,7 @@ BREAKDOWN_STEPS = (
     ("collect", "`Collector.collect()` (every flow changed)"),
     ("batch", "`Export.batch()` (SeriesTable.batch + health samples)"),
     ("rw", "`RemoteWriteEncoder.body()` per request (what the Pusher encodes)"),
-    ("emit", "`Emitter.emit()` with `--output json` (decode_flows + json records + write)"),
-    ("decode", "  of which `output.decode_flows()`"),
+    ("emit", "`Emitter.emit()` with `--output json` (LineWriter lines + summary + write)"),
 )
 
 
@@ -232,10 +231,6 @@ def _breakdown(flows: int, rounds: int) -> tuple[dict[str, float], dict[str, flo
             else:
                 emitter.emit(st["iv"])  # type: ignore[arg-type]
 
-        def decode() -> None:
-            iv = st["iv"]
-            output.decode_flows(iv.keys, iv.delta, iv.totals)  # type: ignore[attr-defined]
-
         def rw() -> None:
             # As the Pusher does: one body per SERIES_PER_REQUEST series, encoded when sent.
             b = st["b"]
@@ -248,7 +243,6 @@ def _breakdown(flows: int, rounds: int) -> tuple[dict[str, float], dict[str, flo
             "batch": lambda: st.__setitem__("b", exp.batch(st["iv"])),  # type: ignore[arg-type]
             "rw": rw,
             "emit": emit,
-            "decode": decode,
         }
         clock = time.thread_time  # CPU time, as the agent's is measured: a busy CPU does not inflate it
         for r in range(rounds + 1):  # the first round is interval 1 (all new): not counted
@@ -290,7 +284,10 @@ def _breakdown(flows: int, rounds: int) -> tuple[dict[str, float], dict[str, flo
     return {k: statistics.median(v) for k, v in t.items()}, mem
 
 
-IMPORTS = ("numpy", "pyroute2", "httpx", "typer", "google.protobuf", "cramjam", "xtrace_catch.cli")
+# What the agent imports, each alone; the last, everything a `run` with export loads (pyroute2 as
+# attach.py imports it: IPRoute without the package's __init__).
+IMPORTS = ("numpy", "asyncio", "httpx", "typer", "cramjam", "elftools.elf.elffile", "xtrace_catch.attach",
+           "xtrace_catch.cli,xtrace_catch.agent,xtrace_catch.exporter")
 
 
 def _import_rss() -> dict[str, float]:
@@ -298,7 +295,10 @@ def _import_rss() -> dict[str, float]:
     code = ("import importlib, sys\n"
             "def rss():\n"
             "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS:'))\n"
-            "a = rss(); importlib.import_module(sys.argv[1]); print(a, rss())")
+            "a = rss()\n"
+            "for m in sys.argv[1].split(','):\n"
+            "    importlib.import_module(m)\n"
+            "print(a, rss())")
     out: dict[str, float] = {}
     for mod in IMPORTS:
         try:
@@ -406,7 +406,7 @@ def _report(res: Result, big: Result | None, breakdown: dict[str, float], mem: d
                     f"VmRSS {res.attached_rss_kib / 1024:.1f} MB then (imports, BPF load, attach; no flow yet).", ""]
         per_iv = (last.cpu - first.cpu) / (len(s) - 1)
         if breakdown:
-            known = sum(v for k, v in breakdown.items() if k != "decode")
+            known = sum(breakdown.values())
             out += [
                 f"Where an interval's CPU goes: the agent's per-interval steps for {p.flows:,} flows that all changed, "
                 f"run in the benchmark process on a real flow map (thread CPU time, medians of {rounds}, after an "
@@ -419,7 +419,7 @@ def _report(res: Result, big: Result | None, breakdown: dict[str, float], mem: d
             for k, label in BREAKDOWN_STEPS:
                 out.append(f"| {label} | {breakdown[k] * 1e3:.1f} | {breakdown[k] / per_iv:.0%} | "
                            f"{mem.get(k, float('nan')) / 2**20:.1f} |")
-            out += [f"| sum of the steps (decode counted once) | {known * 1e3:.1f} | {known / per_iv:.0%} | |",
+            out += [f"| sum of the steps | {known * 1e3:.1f} | {known / per_iv:.0%} | |",
                     f"| rest: asyncio, httpx POST, summary, GC (measured - sum) | {(per_iv - known) * 1e3:.1f} | "
                     f"{(per_iv - known) / per_iv:.0%} | |", ""]
         if "retained" in mem:
@@ -443,9 +443,10 @@ def _report(res: Result, big: Result | None, breakdown: dict[str, float], mem: d
     if big is not None:
         out += _slope_lines(res, big)
     if imports:
-        out += ["RSS a fresh interpreter gains by importing each dependency alone (shared sub-imports counted in "
-                "each; the last row is the whole CLI): "
-                + ", ".join(f"{m} {v:.0f} MB" for m, v in imports.items()) + ".", ""]
+        out += ["RSS a fresh interpreter (itself ~11 MB) gains by importing each dependency alone (shared "
+                "sub-imports counted in each; `xtrace_catch.attach` includes pyroute2's IPRoute, libbpf and "
+                "pyelftools; the last is everything `run` with export loads): "
+                + ", ".join(f"{m.replace(',', ' + ')} {v:.1f} MB" for m, v in imports.items()) + ".", ""]
     if res.rc not in (0, None):
         anomalies.append(f"agent exited {res.rc}: {res.stderr_tail}")
     out += ["### Anomalies", ""]

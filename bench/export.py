@@ -7,15 +7,12 @@ both directions; RoCE flows carry a dst_qp label) goes through what the agent ru
   label set built), *warm* on the next interval (labels cached: the steady state);
 * ``render_text(with_timestamps=True)`` (the text push body, as the Pusher renders it, plus its
   ``.encode()``);
-* ``RemoteWriteEncoder.body`` (protobuf by hand + snappy): *cold* (per-series label bytes built),
-  *warm* (cached); snappy's share is timed separately;
+* ``RemoteWriteEncoder.body`` (protobuf by hand + snappy): *cold* (its (name, value) label pairs
+  encoded for the first time), *warm* (pairs cached; each series' labels joined per push); as one
+  body and in the Pusher's per-request chunks; snappy's share is timed separately;
 * baselines in the same round: ``"".join`` of the same number of prebuilt lines (the text body's own
   lines, split beforehand: the cost of emitting that many lines at all), and one f-string per flow
-  formatting its 4 numbers (the cost of turning the numbers into text at all);
-* prototypes (bench-only, xtrace_catch untouched; their output is checked identical): a
-  SeriesTable.batch that looks flows up by whole-array ``tolist()`` of 48-byte keys and builds new
-  label sets from columns, and a remote-write encoder that appends each TimeSeries as its cached
-  parts instead of concatenating them per sample.
+  formatting its 4 numbers (the cost of turning the numbers into text at all).
 
 Target: 100k flows (400k samples) encoded and queued in < 10% of one core at the default 5 s
 interval, i.e. warm batch + body < 0.5 s. % of a core = time / 5 s.
@@ -37,12 +34,11 @@ import frames
 import profiling
 from xtrace_catch.collector import NV, V, Interval
 from xtrace_catch.exporter import SERIES_PER_REQUEST
-from xtrace_catch.layout import STATS_FIELDS, TYPE_SLOTS, Direction, TrafficType
-from xtrace_catch.metrics import FLOW_METRICS, Batch, MetricsConfig, SeriesTable, render_text
-from xtrace_catch.output import addr_text
-from xtrace_catch.remote_write import RemoteWriteEncoder, _varint, snappy_block
+from xtrace_catch.layout import STATS_FIELDS, TYPE_SLOTS
+from xtrace_catch.metrics import Batch, MetricsConfig, SeriesTable, render_text
+from xtrace_catch.remote_write import RemoteWriteEncoder, snappy_block
 
-__all__ = ["NAME", "run", "Params", "FULL", "QUICK", "make_interval", "ProtoSeriesTable", "ProtoEncoder"]
+__all__ = ["NAME", "run", "Params", "FULL", "QUICK", "make_interval"]
 
 NAME = "export"
 INTERVAL_S = 5.0
@@ -86,96 +82,12 @@ def make_interval(n: int, seq: int = 1, scale: int = 1) -> Interval:
 CONFIG = MetricsConfig(interface="xtb0", host_ip="198.51.100.1")
 
 
-# -- prototypes -----------------------------------------------------------------------------------
-
-
-class ProtoSeriesTable(SeriesTable):
-    """SeriesTable.batch (no max_series) with two changes, output identical:
-
-    1. flows are looked up by ``keys.view('V48').tolist()`` (48-byte bytes objects made in one C
-       call) and a list comprehension, not ``bytes(raw[i]).ljust(...)`` per flow;
-    2. label sets of new flows are built from whole columns (``keys[field].tolist()``) with an
-       address-text cache, not from numpy void field access per flow.
-    """
-
-    _TT = {int(t): t for t in TrafficType}
-
-    def __init__(self, cfg: MetricsConfig) -> None:
-        super().__init__(cfg)
-        self._addr: dict[tuple[bytes, int], str] = {}
-
-    def _new_labels(self, keys: np.ndarray) -> list[tuple[str, ...]]:
-        c = self.cfg
-        src = np.ascontiguousarray(keys["src_addr"]).view("V16").reshape(-1).tolist()
-        dst = np.ascontiguousarray(keys["dst_addr"]).view("V16").reshape(-1).tolist()
-        cols = [keys[f].tolist() for f in ("eth_proto", "traffic_type", "src_port", "dst_port", "protocol",
-                                           "direction", "dst_qp")]
-        addr = self._addr
-        out = []
-        for s, d, ep, t, sport, dport, proto, direction, qp in zip(src, dst, *cols):
-            st = addr.get((s, ep))
-            if st is None:
-                st = addr[(s, ep)] = addr_text(s, ep)
-            dt = addr.get((d, ep))
-            if dt is None:
-                dt = addr[(d, ep)] = addr_text(d, ep)
-            tt = self._TT.get(t, TrafficType.OTHER)
-            vals: tuple[str, ...] = (st, dt, str(sport), str(dport), str(proto), tt.json_name,
-                                     Direction(direction & 1).label, c.interface, c.host_ip, c.collect_agg)
-            if tt in (TrafficType.ROCE_V1, TrafficType.ROCE_V2):
-                vals = (*vals, str(qp))
-            out.append(vals)
-        return out
-
-    def batch(self, iv: Interval) -> Batch:
-        if self.cfg.max_series is not None or self.cfg.drop_ephemeral_ports:
-            return super().batch(iv)
-        keys, totals, delta = iv.all_keys, iv.all_totals, iv.all_delta
-        n = len(keys)
-        kl = np.ascontiguousarray(keys).view(f"V{keys.dtype.itemsize}").reshape(-1).tolist() if n else []
-        fs = self._flow_series
-        got = [fs.get(k) for k in kl]
-        missing = [i for i, s in enumerate(got) if s is None]
-        if missing:
-            for i, labels in zip(missing, self._new_labels(keys[missing])):
-                got[i] = fs[kl[i]] = self._series_id(labels)
-        ids = np.array(got, dtype=np.int64) if n else np.empty(0, dtype=np.int64)
-        cols = np.stack([totals[:, V["bytes"]], totals[:, V["packets"]], delta[:, V["bytes"]],
-                         delta[:, V["packets"]]], axis=1).astype(np.uint64) if n else np.zeros((0, 4), np.uint64)
-        ot, od = iv.overflow_total, iv.overflow_delta
-        for d in range(ot.shape[0]):
-            for t in range(ot.shape[1]):
-                if ot[d, t, V["packets"]]:
-                    tt = TrafficType(t) if t in TrafficType._value2member_map_ else TrafficType.OTHER
-                    sid = self._series_id(("overflow",) * 5 + (tt.json_name, Direction(d).label, self.cfg.interface,
-                                                             self.cfg.host_ip, self.cfg.collect_agg))
-                    ids = np.append(ids, sid)
-                    row = np.array([[ot[d, t, V["bytes"]], ot[d, t, V["packets"]], od[d, t, V["bytes"]],
-                                     od[d, t, V["packets"]]]], dtype=np.uint64)
-                    cols = np.concatenate([cols, row])
-        n = len(ids)
-        uniq, inv = np.unique(ids, return_inverse=True) if n else (np.zeros(0, np.int64), np.zeros(0, np.int64))
-        agg = np.zeros((len(uniq), 4), dtype=np.uint64)
-        np.add.at(agg, inv, cols)
-        seq = iv.seq
-        self._last_seq.update(dict.fromkeys(uniq.tolist(), seq))
-        if len(fs) > 2 * max(n, 1024):
-            live = set(kl)
-            for k in [k for k in fs if k not in live]:
-                del fs[k]
-        return Batch(seq=iv.seq, ts_ms=int(iv.time * 1000), ids=uniq.astype(np.int64), values=agg)
-
-
-# The encoder prototype was adopted by xtrace_catch/remote_write.py (same bytes, checked there).
-ProtoEncoder = RemoteWriteEncoder
-
-
 # -- measurement ----------------------------------------------------------------------------------
 
 
 STEPS = ("batch_cold", "batch_warm", "render_cold", "render_text", "text_encode", "rw_cold", "rw_warm", "rw_chunks",
          "snappy",
-         "base_join", "base_fstring", "proto_batch_cold", "proto_batch_warm", "proto_rw_warm")
+         "base_join", "base_fstring")
 
 
 @dataclass
@@ -218,61 +130,34 @@ def _measure_size(flows: int, rounds: int, anomalies: list[str]) -> SizeResult:
     for r in range(rounds):
         _progress(f"{flows:,} flows: round {r + 1}/{rounds}")
         gc.collect()
-        # Current code, then prototypes; the order of the two halves flips every round.
-        def current() -> None:
-            table = SeriesTable(CONFIG)
-            t, _ = _timed(lambda: table.batch(iv1))
-            res.t["batch_cold"].append(t)
-            t, b = _timed(lambda: table.batch(iv2))
-            res.t["batch_warm"].append(t)
-            assert isinstance(b, Batch)
-            t, _ = _timed(lambda: render_text(table, b, with_timestamps=True, with_meta=False))
-            res.t["render_cold"].append(t)
-            t, text = _timed(lambda: render_text(table, b, with_timestamps=True, with_meta=False))
-            res.t["render_text"].append(t)
-            assert isinstance(text, str)
-            t, body_text = _timed(text.encode)
-            res.t["text_encode"].append(t)
-            enc = RemoteWriteEncoder(table)
-            t, _ = _timed(lambda: enc.body(b))
-            res.t["rw_cold"].append(t)
-            t, body = _timed(lambda: enc.body(b))
-            res.t["rw_warm"].append(t)
-            t, _ = _timed(lambda: _chunked_bodies(enc, b))
-            res.t["rw_chunks"].append(t)
-            raw = enc.encode(b)
-            t, _ = _timed(lambda: snappy_block(raw))
-            res.t["snappy"].append(t)
-            res.samples, res.text_bytes, res.rw_bytes = b.samples, len(body_text), len(raw)  # type: ignore[arg-type]
-            res.body_bytes = len(body)  # type: ignore[arg-type]
-            if not lines:
-                lines.extend(text.splitlines(keepends=True))
-                nums.extend(b.values[:, c].tolist() for c in range(4))
-            state["cur"] = (table, b, raw)
-
-        def proto() -> None:
-            table = ProtoSeriesTable(CONFIG)
-            t, b0 = _timed(lambda: table.batch(iv1))
-            res.t["proto_batch_cold"].append(t)
-            t, b = _timed(lambda: table.batch(iv2))
-            res.t["proto_batch_warm"].append(t)
-            assert isinstance(b, Batch)
-            enc = ProtoEncoder(table)
-            raw = enc.encode(b)  # cold caches, untimed; the bytes to compare
-            t, _ = _timed(lambda: enc.body(b))
-            res.t["proto_rw_warm"].append(t)
-            state["proto"] = (table, b, raw)
-
-        state: dict[str, tuple[SeriesTable, Batch, bytes]] = {}
-        for part in ((current, proto) if r % 2 == 0 else (proto, current)):
-            part()
-        ct, cb, craw = state["cur"]
-        pt, pb, praw = state["proto"]
-        if not (np.array_equal(cb.ids, pb.ids) and np.array_equal(cb.values, pb.values) and ct.labels == pt.labels):
-            anomalies.append(f"{flows:,} flows: the prototype SeriesTable's batch differs from SeriesTable's")
-        if craw != praw:
-            anomalies.append(f"{flows:,} flows: the prototype encoder's bytes differ from RemoteWriteEncoder's")
-        del state, ct, cb, craw, pt, pb, praw
+        table = SeriesTable(CONFIG)
+        t, _ = _timed(lambda: table.batch(iv1))
+        res.t["batch_cold"].append(t)
+        t, b = _timed(lambda: table.batch(iv2))
+        res.t["batch_warm"].append(t)
+        assert isinstance(b, Batch)
+        t, _ = _timed(lambda: render_text(table, b, with_timestamps=True, with_meta=False))
+        res.t["render_cold"].append(t)
+        t, text = _timed(lambda: render_text(table, b, with_timestamps=True, with_meta=False))
+        res.t["render_text"].append(t)
+        assert isinstance(text, str)
+        t, body_text = _timed(text.encode)
+        res.t["text_encode"].append(t)
+        enc = RemoteWriteEncoder(table)
+        t, _ = _timed(lambda: enc.body(b))
+        res.t["rw_cold"].append(t)
+        t, body = _timed(lambda: enc.body(b))
+        res.t["rw_warm"].append(t)
+        t, _ = _timed(lambda: _chunked_bodies(enc, b))
+        res.t["rw_chunks"].append(t)
+        raw = enc.encode(b)
+        t, _ = _timed(lambda: snappy_block(raw))
+        res.t["snappy"].append(t)
+        res.samples, res.text_bytes, res.rw_bytes = b.samples, len(body_text), len(raw)  # type: ignore[arg-type]
+        res.body_bytes = len(body)  # type: ignore[arg-type]
+        if not lines:
+            lines.extend(text.splitlines(keepends=True))
+            nums.extend(b.values[:, c].tolist() for c in range(4))
         # Baselines: emit as many lines; format 4 numbers per flow.
         t, joined = _timed(lambda: "".join(lines))
         res.t["base_join"].append(t)
@@ -307,20 +192,8 @@ def _memory(iv1: Interval, iv2: Interval, flows: int) -> dict[str, float]:
     finally:
         tracemalloc.stop()
     del table, enc
-    gc.collect()
-    tracemalloc.start()
-    try:
-        base_p = tracemalloc.get_traced_memory()[0]
-        ptable = ProtoSeriesTable(CONFIG)
-        ptable.batch(iv1)
-        ptable.batch(iv2)
-        gc.collect()
-        proto = tracemalloc.get_traced_memory()[0] - base_p
-    finally:
-        tracemalloc.stop()
-    del ptable
     return {"table": (after_table - base) / flows, "text": (after_text - after_table) / flows,
-            "rw": (end - after_text) / flows, "total": (end - base) / flows, "proto_table": proto / flows}
+            "rw": (end - after_text) / flows, "total": (end - base) / flows}
 
 
 def _profile(flows: int) -> list[str]:
@@ -354,7 +227,7 @@ def _report(results: list[SizeResult], profile: list[str], anomalies: list[str],
         "A synthetic Interval of N tracked flows, 90% active (IPv4 TCP/UDP/RoCE v2, distinct ports, both "
         "directions) through "
         "`SeriesTable.batch`, `render_text(with_timestamps=True)` (+ `.encode()`) and `RemoteWriteEncoder.body` "
-        "(encode + snappy), with the baselines and prototypes in the same rounds (order flipped every round). "
+        "(encode + snappy), with the baselines in the same rounds. "
         "Medians over rounds. samples/s = samples / time; % core = time / 5 s (the default interval). "
         "*Cold* = first sight of the flows (labels built), *warm* = the next interval (steady state).",
         "",
@@ -371,16 +244,13 @@ def _report(results: list[SizeResult], profile: list[str], anomalies: list[str],
             ("render_text(with_timestamps=True), cold label text", "render_cold"),
             ("render_text(with_timestamps=True), warm", "render_text"),
             ("  + .encode() of the text", "text_encode"),
-            ("RemoteWriteEncoder.body, cold label cache", "rw_cold"),
+            ("RemoteWriteEncoder.body, first push (label pairs not yet cached)", "rw_cold"),
             ("RemoteWriteEncoder.body, warm", "rw_warm"),
             (f"RemoteWriteEncoder.body per {SERIES_PER_REQUEST:,}-series chunk (as the Pusher sends), warm, all chunks",
              "rw_chunks"),
             ("  of which snappy_block", "snappy"),
             ("baseline: \"\".join of as many prebuilt lines", "base_join"),
             ("baseline: f-string of 4 numbers per flow, joined", "base_fstring"),
-            ("prototype SeriesTable.batch, cold", "proto_batch_cold"),
-            ("prototype SeriesTable.batch, warm", "proto_batch_warm"),
-            ("prototype encoder body (encode + snappy), warm", "proto_rw_warm"),
         ]
         for label, step in rows:
             t = res.med(step)
@@ -389,7 +259,7 @@ def _report(results: list[SizeResult], profile: list[str], anomalies: list[str],
     out += [
         "Per interval (sums of the medians above). Target: "
         f"{TARGET_FLOWS:,} flows encoded and queued in < {TARGET_CORE_SHARE:.0%} of one core at 5 s "
-        "(queueing itself is a deque append; the Pusher encodes in 10k-series chunks, the same work).",
+        f"(queueing itself is a deque append; the Pusher encodes {SERIES_PER_REQUEST:,}-series chunks, the same work).",
         "",
         "| flows | path | ms | % of one core | target |", "|---:|---|---:|---:|---|",
     ]
@@ -403,11 +273,10 @@ def _report(results: list[SizeResult], profile: list[str], anomalies: list[str],
              res.med("batch_warm") + res.med("render_text") + res.med("text_encode"), True),
             ("text import, all flows new (cold batch + cold render + encode)",
              res.med("batch_cold") + res.med("render_cold") + res.med("text_encode"), False),
-            ("prototype remote write, steady", res.med("proto_batch_warm") + res.med("proto_rw_warm"), True),
         ]
         for label, t, steady in paths:
             share = t / INTERVAL_S
-            if res.flows == TARGET_FLOWS and steady and not label.startswith("prototype"):
+            if res.flows == TARGET_FLOWS and steady:
                 ok = share < TARGET_CORE_SHARE
                 st = _status(ok)
                 if not ok:
@@ -420,31 +289,15 @@ def _report(results: list[SizeResult], profile: list[str], anomalies: list[str],
         "",
         "Python memory the export keeps per flow (tracemalloc, after two intervals and one encode; information, "
         "on top of the collector's): SeriesTable (flow -> series id, label tuple), its label-text cache "
-        "(filled by render_text: text push and /metrics), the remote-write label-bytes cache.",
+        "(filled by render_text: text push and /metrics), the remote-write (name, value) pair cache (shared by series).",
         "",
-        "| flows | SeriesTable B/flow | label text B/flow | remote-write labels B/flow | total B/flow | "
-        "prototype SeriesTable B/flow |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| flows | SeriesTable B/flow | label text B/flow | remote-write label pairs B/flow | total B/flow |",
+        "|---:|---:|---:|---:|---:|",
     ]
     for res in results:
         m = res.mem
-        out.append(f"| {res.flows:,} | {m['table']:.0f} | {m['text']:.0f} | {m['rw']:.0f} | {m['total']:.0f} | "
-                   f"{m['proto_table']:.0f} |")
-    out += [
-        "",
-        "### Prototypes",
-        "",
-        "In `bench/export.py`, not in xtrace_catch; each round checks their output identical to the current code "
-        "(same batch ids, values and label sets; same protobuf bytes). `ProtoSeriesTable.batch`: flows looked up "
-        "by `keys.view('V48').tolist()` (one C call makes the 48-byte dict keys) and a list comprehension instead "
-        "of `bytes(raw[i]).ljust(48)` per flow; label sets of new flows built from whole columns "
-        "(`keys[field].tolist()`) and an address-text cache instead of numpy void field access and `ipaddress` "
-        "per flow. `ProtoEncoder.encode`: no per-sample concatenation: each TimeSeries goes into the output as "
-        "its parts (outer tag and length, name, the cached label bytes, Sample tag and length, double, "
-        "timestamp), the outer length's bytes cached by label length (a handful of values); no new per-series "
-        "cache.",
-        "",
-    ]
+        out.append(f"| {res.flows:,} | {m['table']:.0f} | {m['text']:.0f} | {m['rw']:.0f} | {m['total']:.0f} |")
+    out.append("")
     if profile:
         out += ["### Where the time goes", ""] + profile + [""]
     out += ["### Anomalies", ""]
