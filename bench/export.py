@@ -186,9 +186,9 @@ def _memory(iv1: Interval, iv2: Interval, flows: int) -> dict[str, float]:
         after_text = tracemalloc.get_traced_memory()[0]
         enc = RemoteWriteEncoder(table)
         enc.encode(b)
-        del b
         gc.collect()
-        end = tracemalloc.get_traced_memory()[0]
+        end = tracemalloc.get_traced_memory()[0]  # the batch (counted with the table) still held
+        del b
     finally:
         tracemalloc.stop()
     del table, enc

@@ -123,18 +123,6 @@ def test_line_writer_equals_the_reference_over_intervals(as_json: bool) -> None:
         totals = delta + np.uint64(rng.randrange(2**50))
         iv = _interval(keys, delta, totals, ts=TS + step * 5.5)
         assert w.lines(iv) == _reference(iv, as_json, 've%th"0', "2001:db8::7")
-    assert len(w._ident) <= 3000
-
-
-def test_line_writer_forgets_flows_that_left() -> None:
-    rng = random.Random(3)
-    w = output.LineWriter("eth0", "198.51.100.1", as_json=False)
-    for step in range(4):
-        keys = _random_keys(rng, 1500)
-        delta = np.ones((len(keys), NV), np.uint64)
-        iv = _interval(keys, delta, delta)
-        assert w.lines(iv) == _reference(iv, False, "eth0", "198.51.100.1")
-        assert len(w._ident) <= 2 * 1500
 
 
 def test_no_flows_no_lines() -> None:
