@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # BPF_MAP_TYPE_PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH, PERCPU_CGROUP_STORAGE
 PERCPU_TYPES = {5, 6, 10, 21}
 _BATCH_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, 524}  # 524: kernel-internal ENOTSUPP
-_BATCH_BYTES = 1 << 20  # value bytes per batch call
+_BATCH_BYTES = 256 << 10  # value bytes per batch call
 
 
 @dataclass(frozen=True)
