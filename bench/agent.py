@@ -432,7 +432,7 @@ def _report(res: Result, big: Result | None, breakdown: dict[str, float], mem: d
             per_flow = mem["retained"] / p.flows
             ok = per_flow < TARGET_FLOW_BYTES
             out += [f"Memory the agent keeps per tracked flow (collector state and the map reader's buffers, "
-                    f"series table, remote-write label pairs, output identities; Python heap and numpy arrays by "
+                    f"series table, remote-write label pairs; Python heap and numpy arrays by "
                     f"tracemalloc, after three intervals of a fresh set): **{per_flow:.0f} B**, of which the "
                     f"reader's buffers (one batch chunk + room for the flows and one more chunk) "
                     f"{mem.get('reader', 0) / p.flows:.0f} B (target < {TARGET_FLOW_BYTES} B: {_status(ok)}).", ""]

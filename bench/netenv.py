@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = ["AGENT_IP4", "PEER_IP4", "AGENT_MAC", "PEER_MAC", "Pair", "veth_pair", "in_ns", "run_cmd", "Proc",
            "VictoriaMetrics", "xtrace_cmd", "cpu_seconds", "status_kib", "CLK_TCK"]
@@ -140,6 +141,16 @@ def status_kib(pid: int, key: str) -> int:
     return 0
 
 
+def _kill(proc: subprocess.Popen[Any] | None) -> None:
+    """SIGKILL a process still running and reap it (bounded)."""
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
 @dataclass
 class Proc:
     """A command inside a namespace (``ip netns exec`` execs it: the pid is the command's own), its
@@ -216,12 +227,7 @@ class Proc:
             return None
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
+        _kill(self.proc)
         for t in self._threads:
             t.join(5)
         for s in (self.proc.stdout, self.proc.stderr) if self.proc else ():
@@ -306,10 +312,5 @@ class VictoriaMetrics:
         return out
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
+        _kill(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)

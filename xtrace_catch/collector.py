@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -26,7 +26,7 @@ import numpy as np
 from .layout import FLOW_KEY, FLOW_VALUE, STATS_FIELDS, VALUE_FIELDS
 from .maps import BpfMap, CounterReader
 
-__all__ = ["Collector", "Interval", "FlowSource", "V", "key_hash"]
+__all__ = ["Collector", "Interval", "FlowSource", "V", "key_hash", "key_bytes"]
 
 NV = len(VALUE_FIELDS)
 V = {name: i for i, name in enumerate(VALUE_FIELDS)}  # column of each counter
@@ -103,46 +103,6 @@ class Interval:
     flows_tracked: int
     evicted: int
     collect_seconds: float
-    # (every row as 48-byte keys, rows of `keys`, rows of `all_keys` or None for all): lets
-    # key_bytes() and all_key_bytes() hand out the same bytes objects for the same flow, so
-    # the caches keyed by flow (series, output lines) share one key object per flow.
-    rows: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = field(default=None, repr=False, compare=False)
-    _kb: dict[str, list[bytes]] = field(default_factory=dict, repr=False, compare=False)
-
-    def _base(self) -> list[bytes]:
-        kb = self._kb.get("base")
-        if kb is None:
-            assert self.rows is not None
-            base = self.rows[0]
-            kb = self._kb["base"] = np.ascontiguousarray(base).view(f"V{base.dtype.itemsize}").reshape(-1).tolist()
-        return kb
-
-    def key_bytes(self) -> list[bytes]:
-        """`keys` as exact 48-byte strings, one call per interval."""
-        kb = self._kb.get("keys")
-        if kb is None:
-            if self.rows is None:
-                kb = _as_bytes(self.keys)
-            else:
-                base = self._base()
-                kb = [base[i] for i in self.rows[1].tolist()]
-            self._kb["keys"] = kb
-        return kb
-
-    def all_key_bytes(self) -> list[bytes]:
-        """`all_keys` as exact 48-byte strings (the same objects as key_bytes() for the same flow)."""
-        kb = self._kb.get("all")
-        if kb is None:
-            if self.rows is None:
-                kb = _as_bytes(self.all_keys)
-            elif self.rows[2] is None:
-                kb = self._base()
-            else:
-                base = self._base()
-                kb = [base[i] for i in self.rows[2].tolist()]
-            self._kb["all"] = kb
-        return kb
-
     @property
     def packets(self) -> int:
         return int(self.delta[:, V["packets"]].sum())
@@ -152,7 +112,8 @@ class Interval:
         return int(self.delta[:, V["bytes"]].sum())
 
 
-def _as_bytes(keys: np.ndarray) -> list[bytes]:
+def key_bytes(keys: np.ndarray) -> list[bytes]:
+    """FLOW_KEY records as exact 48-byte strings (dict keys), made in one numpy call."""
     if not len(keys):
         return []
     return np.ascontiguousarray(keys).view(f"V{keys.dtype.itemsize}").reshape(-1).tolist()
@@ -322,11 +283,9 @@ class Collector:
 
         # Export also the evicted flows that counted packets in this interval (raced in
         # before the delete): their series would otherwise stay short of those counts.
-        export_rows = None
         if evicted:
             export = keep | changed
             all_keys, all_totals, all_delta = (np.compress(export, a, axis=0) for a in (ks, totals, delta))
-            export_rows = np.flatnonzero(export)
         else:
             all_keys, all_totals, all_delta = ks, totals, delta
 
@@ -342,7 +301,6 @@ class Collector:
             overflow_delta=ovf_delta, overflow_total=ovf_u.copy(),
             flows_tracked=len(self._keys), evicted=evicted,
             collect_seconds=self._clock.monotonic() - t0,
-            rows=(ks, act, export_rows),
         )
 
     def _retire(self, key: bytes, totals: np.ndarray) -> None:

@@ -51,6 +51,11 @@ class TrafficType(enum.IntEnum):
         """The JSON/metrics value (DESIGN.md)."""
         return _JSON_NAMES[self]
 
+    @classmethod
+    def of(cls, value: int) -> TrafficType:
+        """A key's traffic_type field; a value this version does not know is OTHER."""
+        return _TYPES.get(value, cls.OTHER)
+
 
 _TEXT_LABELS = {
     TrafficType.OTHER: "Other", TrafficType.TCP: "TCP", TrafficType.UDP: "UDP", TrafficType.ICMP: "ICMP",
@@ -60,6 +65,7 @@ _JSON_NAMES = {
     TrafficType.OTHER: "Other", TrafficType.TCP: "TCP", TrafficType.UDP: "UDP", TrafficType.ICMP: "ICMP",
     TrafficType.ROCE_V2: "RoCE_v2", TrafficType.ROCE_V1: "RoCE_v1", TrafficType.IPOIB: "IPoIB",
 }
+_TYPES = {int(t): t for t in TrafficType}
 TYPE_SLOTS = 8  # XT_TYPE_MAX: overflow table stride
 
 
@@ -71,8 +77,14 @@ class Direction(enum.IntEnum):
     def label(self) -> str:
         return _DIRECTION_LABELS[self]
 
+    @classmethod
+    def of(cls, value: int) -> Direction:
+        """A key's direction field (its low bit)."""
+        return _DIRECTIONS[value & 1]
+
 
 _DIRECTION_LABELS = {Direction.INGRESS: "ingress", Direction.EGRESS: "egress"}
+_DIRECTIONS = (Direction.INGRESS, Direction.EGRESS)
 
 
 class Filter(enum.IntEnum):

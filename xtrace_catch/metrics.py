@@ -20,7 +20,8 @@ import numpy as np
 
 from .collector import Interval, V
 from .layout import Direction, TrafficType
-from .output import addr_text
+from .collector import key_bytes
+from .output import addr_text, key_columns
 
 __all__ = [
     "FLOW_METRICS",
@@ -41,10 +42,8 @@ FLOW_METRICS = (
 LABELS = ("src_ip", "dst_ip", "src_port", "dst_port", "protocol", "traffic_type", "direction",
           "interface", "host_ip", "collect_agg")
 EPHEMERAL_MIN = 32768
-_TYPES = {int(t): t for t in TrafficType}
 _PORTED = (TrafficType.TCP, TrafficType.UDP, TrafficType.ROCE_V2)
 _ROCE = (TrafficType.ROCE_V1, TrafficType.ROCE_V2)
-_DIR_LABELS = (Direction.INGRESS.label, Direction.EGRESS.label)
 OTHER = "other"
 
 
@@ -105,15 +104,13 @@ class SeriesTable:
         """Label values of each flow key, from columns (one numpy call per field)."""
         if not len(keys):
             return []
-        src = np.ascontiguousarray(keys["src_addr"]).view("V16").reshape(-1).tolist()
-        dst = np.ascontiguousarray(keys["dst_addr"]).view("V16").reshape(-1).tolist()
-        cols = [keys[f].tolist() for f in ("eth_proto", "traffic_type", "src_port", "dst_port", "protocol",
-                                           "direction", "dst_qp")]
+        src, dst, cols = key_columns(keys, "eth_proto", "traffic_type", "src_port", "dst_port", "protocol",
+                                     "direction", "dst_qp")
         const = (self.cfg.interface, self.cfg.host_ip, self.cfg.collect_agg)
         drop = self.cfg.drop_ephemeral_ports
         out = []
         for s, d, ep, t, sport, dport, proto, di, qp in zip(src, dst, *cols):
-            tt = _TYPES.get(t, TrafficType.OTHER)
+            tt = TrafficType.of(t)
             # Interned: flows share ports and protocols, and every series keeps its strings.
             sp, dp = intern(str(sport)), intern(str(dport))
             if drop and tt in _PORTED:
@@ -123,16 +120,15 @@ class SeriesTable:
                 elif dport >= EPHEMERAL_MIN or (dport > sport and dport >= 1024):
                     dp = "ephemeral"
             vals = (addr_text(s, ep), addr_text(d, ep), sp, dp, intern(str(proto)), tt.json_name,
-                    _DIR_LABELS[di & 1], *const)
+                    Direction.of(di).label, *const)
             if tt in _ROCE:
                 vals = (*vals, intern(str(qp)))
             out.append(vals)
         return out
 
     def _other_labels(self, key: np.void) -> tuple[str, ...]:
-        t = int(key["traffic_type"])
-        tt = TrafficType(t) if t in TrafficType._value2member_map_ else TrafficType.OTHER
-        return (OTHER, OTHER, OTHER, OTHER, OTHER, tt.json_name, Direction(int(key["direction"]) & 1).label,
+        tt = TrafficType.of(int(key["traffic_type"]))
+        return (OTHER, OTHER, OTHER, OTHER, OTHER, tt.json_name, Direction.of(int(key["direction"])).label,
                 self.cfg.interface, self.cfg.host_ip, self.cfg.collect_agg)
 
     def label_text(self, sid: int) -> str:
@@ -148,7 +144,7 @@ class SeriesTable:
         """The interval's flow samples, aggregated per label set."""
         keys, totals, delta = iv.all_keys, iv.all_totals, iv.all_delta
         n = len(keys)
-        kl = iv.all_key_bytes()
+        kl = key_bytes(keys)
         cap = self.cfg.max_series
         if cap is not None:
             self._selected &= set(kl)
@@ -199,7 +195,7 @@ class SeriesTable:
         for d in range(ot.shape[0]):
             for t in range(ot.shape[1]):
                 if ot[d, t, V["packets"]]:
-                    tt = TrafficType(t) if t in TrafficType._value2member_map_ else TrafficType.OTHER
+                    tt = TrafficType.of(t)
                     sid = self._series_id(("overflow",) * 5 + (tt.json_name, Direction(d).label, self.cfg.interface,
                                                              self.cfg.host_ip, self.cfg.collect_agg))
                     ids = np.append(ids, sid)

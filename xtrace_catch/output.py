@@ -5,9 +5,9 @@ from __future__ import annotations
 import ipaddress
 import json
 from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from sys import intern
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,7 @@ from .collector import Interval, V
 from .layout import Direction, TrafficType
 
 __all__ = ["FlowRow", "decode_flows", "text_line", "json_record", "LineWriter", "summary", "summary_text", "rfc3339",
-           "addr_text"]
+           "addr_text", "key_columns"]
 
 ETH_P_IP, ETH_P_IPV6, ETH_P_ROCE = 0x0800, 0x86DD, 0x8915
 _V4MAPPED = b"\0" * 10 + b"\xff\xff"
@@ -78,22 +78,26 @@ class FlowRow:
         return self.traffic_type in (TrafficType.ROCE_V1, TrafficType.ROCE_V2)
 
 
-_TYPES = {int(t): t for t in TrafficType}
-_DIRS = (Direction.INGRESS, Direction.EGRESS)
+_ROCE = (int(TrafficType.ROCE_V1), int(TrafficType.ROCE_V2))
+
+
+def key_columns(keys: np.ndarray, *fields: str) -> tuple[list[bytes], list[bytes], list[list[int]]]:
+    """FLOW_KEY records as Python columns, one numpy call each: the 16-byte source and
+    destination addresses (for :func:`addr_text`) and the named integer fields."""
+    src = np.ascontiguousarray(keys["src_addr"]).view("V16").reshape(-1).tolist()
+    dst = np.ascontiguousarray(keys["dst_addr"]).view("V16").reshape(-1).tolist()
+    return src, dst, [keys[f].tolist() for f in fields]
 
 
 def decode_flows(keys: np.ndarray, delta: np.ndarray, totals: np.ndarray) -> list[FlowRow]:
     """FLOW_KEY records plus their counter rows -> FlowRows, in the same order."""
     if not len(keys):
         return []
-    src = np.ascontiguousarray(keys["src_addr"]).view("V16").reshape(-1).tolist()
-    dst = np.ascontiguousarray(keys["dst_addr"]).view("V16").reshape(-1).tolist()
-    cols = [keys[f].tolist() for f in ("eth_proto", "src_port", "dst_port", "protocol", "traffic_type",
-                                       "direction", "vlan_id", "dst_qp")]
-    other = TrafficType.OTHER
+    src, dst, cols = key_columns(keys, "eth_proto", "src_port", "dst_port", "protocol", "traffic_type",
+                                 "direction", "vlan_id", "dst_qp")
     return [
         FlowRow(src_ip=addr_text(s, ep), dst_ip=addr_text(d, ep), src_port=sp, dst_port=dp, protocol=pr,
-                traffic_type=_TYPES.get(tt, other), direction=_DIRS[di & 1], eth_proto=ep, vlan_id=vl,
+                traffic_type=TrafficType.of(tt), direction=Direction.of(di), eth_proto=ep, vlan_id=vl,
                 dst_qp=qp, delta=tuple(dl), totals=tuple(tl))
         for s, d, ep, sp, dp, pr, tt, di, vl, qp, dl, tl in zip(src, dst, *cols, delta.tolist(), totals.tolist())
     ]
@@ -155,24 +159,22 @@ class LineWriter:
     def _identities(self, keys: np.ndarray) -> list[str]:
         """Each flow's identity (addresses, ports, protocol, type; direction too in JSON), from
         key columns. IP text and our names never need JSON escaping."""
-        src = np.ascontiguousarray(keys["src_addr"]).view("V16").reshape(-1).tolist()
-        dst = np.ascontiguousarray(keys["dst_addr"]).view("V16").reshape(-1).tolist()
-        cols = [keys[f].tolist() for f in ("eth_proto", "src_port", "dst_port", "protocol", "traffic_type",
-                                           "direction")]
-        other = TrafficType.OTHER
+        src, dst, cols = key_columns(keys, "eth_proto", "src_port", "dst_port", "protocol", "traffic_type",
+                                     "direction")
         if self.as_json:
-            return [f'"direction":"{_DIRS[di & 1].label}","src_ip":"{addr_text(s, ep)}","dst_ip":"{addr_text(d, ep)}",'
-                    f'"src_port":{sp},"dst_port":{dp},"protocol":{pr},"traffic_type":"{_TYPES.get(t, other).json_name}"'
+            return [f'"direction":"{Direction.of(di).label}","src_ip":"{addr_text(s, ep)}",'
+                    f'"dst_ip":"{addr_text(d, ep)}","src_port":{sp},"dst_port":{dp},"protocol":{pr},'
+                    f'"traffic_type":"{TrafficType.of(t).json_name}"'
                     for s, d, ep, sp, dp, pr, t, di in zip(src, dst, *cols)]
         out = []
         for s, d, ep, sp, dp, pr, t, _di in zip(src, dst, *cols):
-            sip, dip = addr_text(s, ep), addr_text(d, ep)
+            sip, dip, label = addr_text(s, ep), addr_text(d, ep), TrafficType.of(t).label
             if not sip:
-                out.append(f"- -> - proto={pr} [{_TYPES.get(t, other).label}]")
+                out.append(f"- -> - proto={pr} [{label}]")
             elif ":" not in sip and ":" not in dip:
-                out.append(f"{sip}:{sp} -> {dip}:{dp} proto={pr} [{_TYPES.get(t, other).label}]")
+                out.append(f"{sip}:{sp} -> {dip}:{dp} proto={pr} [{label}]")
             else:
-                out.append(f"{_endpoint(sip, sp)} -> {_endpoint(dip, dp)} proto={pr} [{_TYPES.get(t, other).label}]")
+                out.append(f"{_endpoint(sip, sp)} -> {_endpoint(dip, dp)} proto={pr} [{label}]")
         return out
 
     def lines(self, iv: Interval) -> list[str]:
@@ -192,17 +194,16 @@ class LineWriter:
         col = delta.T.tolist()
         pk, by, ecn, cnp, frag = (col[V[c]] for c in ("packets", "bytes", "ecn_ce", "cnp", "fragments"))
         tts, eths, vlans, qps = (keys[f].tolist() for f in ("traffic_type", "eth_proto", "vlan_id", "dst_qp"))
-        roce = (int(TrafficType.ROCE_V1), int(TrafficType.ROCE_V2))
+        roce = _ROCE
         if self.as_json:
-            return self._json(ts, totals, idents, pk, by, ecn, cnp, frag, tts, eths, vlans, qps, col, roce)
+            return self._json(ts, totals, idents, pk, by, ecn, cnp, frag, tts, eths, vlans, qps, col)
         dirs = keys["direction"].tolist()
-        labels = (Direction.INGRESS.label, Direction.EGRESS.label)
         host = self.host_ip
         ip_protos = (ETH_P_IP, ETH_P_IPV6, ETH_P_ROCE)
         out: list[str] = []
         add = out.append
         for i, idn in enumerate(idents):
-            line = f"{idn} packets={pk[i]} bytes={by[i]} host_ip={host} dir={labels[dirs[i] & 1]}"
+            line = f"{idn} packets={pk[i]} bytes={by[i]} host_ip={host} dir={Direction.of(dirs[i]).label}"
             e, c, f, vl, eth = ecn[i], cnp[i], frag[i], vlans[i], eths[i]
             if not (e or c or f or vl) and tts[i] not in roce and eth in ip_protos:
                 add(line)
@@ -224,7 +225,7 @@ class LineWriter:
 
     def _json(self, ts: str, totals: np.ndarray, idents: list[str], pk: list[int], by: list[int], ecn: list[int],
               cnp: list[int], frag: list[int], tts: list[int], eths: list[int], vlans: list[int], qps: list[int],
-              col: list[list[int]], roce: tuple[int, int]) -> list[str]:
+              col: list[list[int]]) -> list[str]:
         tcol = totals.T.tolist()
         ptot, btot = tcol[V["packets"]], tcol[V["bytes"]]
         head = f'{{"time":{json.dumps(ts)},"interface":{json.dumps(self.interface)},'
@@ -236,7 +237,7 @@ class LineWriter:
             line = (f'{head}{idn},"packets":{pk[i]},"bytes":{by[i]},"packets_total":{ptot[i]},'
                     f'"bytes_total":{btot[i]},"host_ip":{host},"ecn_ce":{ecn[i]},"ethertype":{eths[i]},'
                     f'"vlan":{vlans[i]},"fragments":{frag[i]}')
-            if tts[i] in roce:
+            if tts[i] in _ROCE:
                 opc = ",".join(f'"{name}":{c[i]}' for name, c in ops)
                 line += f',"dst_qp":{qps[i]},"cnp":{cnp[i]},"opcode":{{{opc}}}'
             add(line + "}")
