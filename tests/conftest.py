@@ -26,11 +26,33 @@ NOT_ROOT_REASON = (
 )
 
 
+# The subset every kernel of tests/kernels.txt runs (marker ``kernels``, tests/kvm.py): the
+# datapath suite, the BPF-link tests, and these end-to-end tests on real veths: TC both ways,
+# generic XDP, exact counts, detach, the foreign-program checks and map-full accounting.
+KERNEL_SUBSET_FILES = ("test_datapath.py", "test_links.py")
+KERNEL_SUBSET_TESTS = (
+    "test_e2e_run.py::test_tc_directions",
+    "test_e2e_run.py::test_xdp_counts_each_kind_exactly",
+    "test_e2e_run.py::test_normal_exit_with_count_leaves_nothing",
+    "test_e2e_run.py::test_sigterm_detaches",
+    "test_e2e_run.py::test_sigkill_then_restart_replaces_stale",
+    "test_e2e_run.py::test_sigkill_then_cleanup_command",
+    "test_e2e_run.py::test_foreign_xdp_program_is_never_replaced",
+    "test_e2e_run.py::test_foreign_filter_at_our_handle_is_never_replaced",
+    "test_faults.py::test_flow_map_full_overflow_exact_then_eviction_makes_room",
+    "test_faults.py::test_cli_max_flows_full_says_so_everywhere",
+    "test_collector.py::test_real_map_exact",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A test that loads the datapath is a kernel test (marker ``kernel``); without root
-    it is skipped, with the reason."""
+    it is skipped, with the reason. Tests of the kernel subset get the marker ``kernels``."""
     skip = pytest.mark.skip(reason=NOT_ROOT_REASON)
     for item in items:
+        where = item.nodeid.split("/")[-1]
+        if where.split("::")[0] in KERNEL_SUBSET_FILES or where.split("[")[0] in KERNEL_SUBSET_TESTS:
+            item.add_marker(pytest.mark.kernels)
         if "datapath" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.kernel)
         if "kernel" in item.keywords and not IS_ROOT:

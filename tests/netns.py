@@ -80,8 +80,15 @@ class VethPair:
 
     @property
     def env(self) -> dict[str, str]:
-        """Environment for xtrace-catch: its crash-state files go to this pair's own directory."""
-        return {**os.environ, "XTRACE_STATE_DIR": str(self.state_dir)}
+        """Environment for xtrace-catch: its crash-state files go to this pair's own directory,
+        and it attaches through netlink (clsact filters, XDP by ifindex), the path these tests
+        inspect with tc and ip; tests/test_links.py covers the BPF-link path (link_env)."""
+        return {**os.environ, "XTRACE_STATE_DIR": str(self.state_dir), "XTRACE_ATTACH": "netlink"}
+
+    @property
+    def link_env(self) -> dict[str, str]:
+        """Environment for the BPF-link path (XDP links, TCX links with a libbpf >= 1.3)."""
+        return {**self.env, "XTRACE_ATTACH": "auto"}
 
 
 def _sysctls(ns: str, ipv6: bool) -> None:
@@ -275,7 +282,37 @@ def our_prog_ids(ns: str, ifname: str) -> dict[str, int]:
             assert isinstance(opts, dict)
             if str(opts.get("bpf_name", "")).startswith("xtrace_tc_") and "prog" in opts:
                 ids[d] = int(opts["prog"]["id"])
+    for d, progs in tcx_progs(ns, ifname).items():
+        for pid, name in progs:
+            if name.startswith("xtrace_tc_"):
+                ids.setdefault(d, pid)
     return ids
+
+
+_TCX_QUERY = r"""
+import json, socket, sys
+from xtrace_catch import _libbpf
+lib = _libbpf.get()
+idx = socket.if_nametoindex(sys.argv[1])
+out = {}
+for d, t in (("ingress", _libbpf.BPF_TCX_INGRESS), ("egress", _libbpf.BPF_TCX_EGRESS)):
+    progs = []
+    for pid in lib.prog_query(idx, t):
+        fd = lib.prog_fd_by_id(pid)
+        try:
+            progs.append((pid, lib.prog_info(fd)[1]))
+        finally:
+            import os; os.close(fd)
+    out[d] = progs
+print(json.dumps(out))
+"""
+
+
+def tcx_progs(ns: str, ifname: str) -> dict[str, list[tuple[int, str]]]:
+    """(id, name) of the programs in the interface's TCX chains, in chain order, per direction
+    (Debian 12's bpftool predates TCX, so our own binding asks the kernel)."""
+    p = in_ns(ns, [sys.executable, "-c", _TCX_QUERY, ifname])
+    return {d: [(int(i), str(n)) for i, n in v] for d, v in json.loads(p.stdout).items()}
 
 
 def datapath_stats(prog_id: int) -> dict[str, int]:

@@ -119,12 +119,13 @@ def test_version(argv: list[str]) -> None:
     p = cli(argv)
     assert (p.returncode, p.stderr) == (0, "")
     lines = p.stdout.splitlines()
-    assert len(lines) == 3, p.stdout
+    assert len(lines) == 4, p.stdout
     assert lines[0] == f"xtrace-catch {xtrace_catch.__version__}"
+    assert re.fullmatch(r"attach: XDP (BPF link|netlink .*); TC (TCX link|netlink clsact filter .*)", lines[2]), lines[2]
     m = re.fullmatch(r"libbpf (\d+\.\d+(?:\.\d+)?) \((\w[\w-]*): (/\S+)\)", lines[1])
     assert m, lines[1]
     assert Path(m[3]).exists() and "libbpf" in Path(m[3]).name
-    assert lines[2] == f"kernel {platform.release()}"
+    assert lines[3] == f"kernel {platform.release()}"
 
 
 # -- inside a namespace (root) -------------------------------------------------

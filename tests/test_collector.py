@@ -9,6 +9,8 @@ no count is reported twice, and at the end every packet sent was reported exactl
 
 from __future__ import annotations
 
+import errno
+
 import random
 from collections.abc import Iterator
 
@@ -20,6 +22,7 @@ from xtrace_catch import _libbpf
 from xtrace_catch import collector as collector_mod
 from xtrace_catch.collector import NV, Collector, Interval, V, key_hash
 from xtrace_catch.datapath import PROG_XDP, Datapath, DatapathConfig
+from xtrace_catch.errors import MapError
 from xtrace_catch.layout import FLOW_KEY, FLOW_VALUE, STATS, STATS_FIELDS, TYPE_SLOTS
 
 PK, BY = V["packets"], V["bytes"]
@@ -368,9 +371,21 @@ def xdp_datapath() -> Iterator[Datapath]:
 
 
 @pytest.mark.kernel
+@pytest.mark.parametrize("eviction", ["atomic", "pre-5.14 fallback"])
 @pytest.mark.parametrize("hash_name", ["real", "coarse", "constant"])
-def test_real_map_exact(xdp_datapath: Datapath, monkeypatch: pytest.MonkeyPatch, hash_name: str) -> None:
+def test_real_map_exact(xdp_datapath: Datapath, monkeypatch: pytest.MonkeyPatch, hash_name: str,
+                        eviction: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Exact intervals through eviction and a returning flow. The fallback case makes the
+    kernel's atomic lookup-and-delete answer EINVAL, as kernels before 5.14 do for hash maps:
+    eviction then reads and deletes in two calls, and idle flows still count exactly."""
     monkeypatch.setattr(collector_mod, "key_hash", HASHES[hash_name])
+    refused: list[bytes] = []
+    if eviction != "atomic":
+        def old_kernel(self: object, fd: int, key: bytes, value_len: int) -> bytes | None:
+            refused.append(key)
+            raise MapError("bpf_map_lookup_and_delete_elem failed: EINVAL", errno.EINVAL)
+
+        monkeypatch.setattr(_libbpf.Libbpf, "map_lookup_and_delete", old_kernel)
     dp = xdp_datapath
     lib, fd = _libbpf.get(), dp.prog_fd(PROG_XDP)
     frames = {port: udp_frame(port, port % 50) for port in range(20000, 20120)}
@@ -407,6 +422,12 @@ def test_real_map_exact(xdp_datapath: Datapath, monkeypatch: pytest.MonkeyPatch,
     iv = col.collect()
     assert by_port(iv, "active") == {20001: (5, 5 * len(frames[20001]), *sent[20001])}
     assert col.evicted_total == 120 - len(want)
+    if eviction == "atomic":
+        assert dp.flows.take_supported is True
+    else:
+        # Asked once, then the fallback for every eviction; said once.
+        assert len(refused) == 1 and dp.flows.take_supported is False
+        assert sum("lacks atomic lookup-and-delete" in r.getMessage() for r in caplog.records) == 1
 
 
 @pytest.mark.kernel

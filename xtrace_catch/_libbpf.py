@@ -47,6 +47,11 @@ __all__ = [
     "BPF_EXIST",
     "BPF_PROG_TYPE_SCHED_CLS",
     "BPF_PROG_TYPE_XDP",
+    "BPF_XDP",
+    "BPF_TCX_INGRESS",
+    "BPF_TCX_EGRESS",
+    "BPF_F_BEFORE",
+    "BPF_F_AFTER",
 ]
 
 log = logging.getLogger("xtrace_catch.libbpf")
@@ -57,6 +62,13 @@ BPF_NOEXIST = 1
 BPF_EXIST = 2
 BPF_PROG_TYPE_SCHED_CLS = 3
 BPF_PROG_TYPE_XDP = 6
+# enum bpf_attach_type values we attach with (uapi linux/bpf.h)
+BPF_XDP = 37
+BPF_TCX_INGRESS = 46
+BPF_TCX_EGRESS = 47
+# BPF_LINK_CREATE flags for multi-program hooks (TCX): where in the chain a link goes
+BPF_F_BEFORE = 1 << 3
+BPF_F_AFTER = 1 << 4
 
 # libbpf_print_level
 _LIBBPF_WARN, _LIBBPF_INFO, _LIBBPF_DEBUG = 0, 1, 2
@@ -90,6 +102,23 @@ class MapBatchOpts(Structure):
     """struct bpf_map_batch_opts (libbpf bpf.h)."""
 
     _fields_ = [("sz", c_size_t), ("elem_flags", c_uint64), ("flags", c_uint64)]
+
+
+class LinkCreateOpts(Structure):
+    """The head of struct bpf_link_create_opts (libbpf bpf.h): sz, flags, then the union whose
+    tcx member (libbpf >= 1.3) is relative_fd, relative_id, expected_revision. `sz` covers only
+    these fields, which libbpf accepts from any caller built against an older header."""
+
+    _fields_ = [("sz", c_size_t), ("flags", c_uint32), ("_pad", c_uint32), ("relative_fd", c_uint32),
+                ("relative_id", c_uint32), ("expected_revision", c_uint64)]
+
+
+class ProgQueryOpts(Structure):
+    """The head of struct bpf_prog_query_opts (libbpf >= 1.0)."""
+
+    _fields_ = [("sz", c_size_t), ("query_flags", c_uint32), ("attach_flags", c_uint32),
+                ("prog_ids", POINTER(c_uint32)), ("prog_cnt", c_uint32), ("_pad", c_uint32),
+                ("prog_attach_flags", POINTER(c_uint32))]
 
 
 class _BpfInsn(Structure):
@@ -176,6 +205,9 @@ class Libbpf:
                 f">= {MIN_VERSION[0]}.{MIN_VERSION[1]}; upgrade it, run 'make libbpf', or set XTRACE_LIBBPF"
             )
         self.version_string = self._lib.libbpf_version_string().decode()
+        # TCX links need libbpf >= 1.3 (its bpf_link_create knows the tcx options); the
+        # symbol bpf_program__attach_tcx came with them.
+        self.has_tcx = hasattr(self._lib, "bpf_program__attach_tcx")
         self.ncpus = self._num_possible_cpus()
         self._capture: list[str] | None = None
         self._capture_lock = threading.Lock()
@@ -250,6 +282,8 @@ class Libbpf:
             "bpf_prog_load": ([c_int, c_char_p, c_char_p, c_void_p, c_size_t, c_void_p], c_int),
             "bpf_prog_get_fd_by_id": ([c_uint32], c_int),
             "bpf_obj_get_info_by_fd": ([c_int, c_void_p, POINTER(c_uint32)], c_int),
+            "bpf_link_create": ([c_int, c_int, c_int, POINTER(LinkCreateOpts)], c_int),
+            "bpf_prog_query_opts": ([c_int, c_int, POINTER(ProgQueryOpts)], c_int),
         }
         for name, (argtypes, restype) in sigs.items():
             try:
@@ -437,6 +471,25 @@ class Libbpf:
         pid = int.from_bytes(raw[4:8], "little")
         name = raw[64:80].split(b"\0", 1)[0].decode(errors="replace")
         return pid, name, ptype
+
+    def link_create(self, prog_fd: int, target: int, attach_type: int, flags: int = 0) -> int:
+        """BPF_LINK_CREATE (target: an ifindex for XDP and TCX). Returns the link's fd: the
+        attachment lasts while that fd is open, so it goes with the process that holds it.
+        Raises LibbpfError with the errno (EINVAL/EOPNOTSUPP where the kernel lacks the hook)."""
+        opts = LinkCreateOpts(sz=ctypes.sizeof(LinkCreateOpts), flags=flags)
+        fd = self._lib.bpf_link_create(prog_fd, target, attach_type, ctypes.byref(opts))
+        return self.check_int(fd, "bpf_link_create")
+
+    def prog_query(self, target: int, attach_type: int) -> list[int]:
+        """Ids of the programs attached at a hook (for TCX: target is an ifindex). [] where the
+        kernel has no such hook (EINVAL) or nothing is attached."""
+        ids = (c_uint32 * 64)()
+        opts = ProgQueryOpts(sz=ctypes.sizeof(ProgQueryOpts), prog_ids=ids, prog_cnt=64)
+        ret = self._lib.bpf_prog_query_opts(target, attach_type, ctypes.byref(opts))
+        if ret in (-errno.EINVAL, -errno.ENOENT, -errno.EOPNOTSUPP, -errno.ENODEV):
+            return []
+        self.check_int(ret, "bpf_prog_query_opts")
+        return list(ids[: min(opts.prog_cnt, 64)])
 
     def prog_fd_by_id(self, prog_id: int) -> int:
         return self.check_int(self._lib.bpf_prog_get_fd_by_id(prog_id), f"bpf_prog_get_fd_by_id({prog_id})")

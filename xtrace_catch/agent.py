@@ -192,6 +192,7 @@ class Watch:
             att.detach()
             raise
         self.att, self.iface = att, iface
+        log.info("attach paths on %s: %s", iface.name, ", ".join(f"{h} {p}" for h, p in att.paths.items()))
         if iface.is_infiniband:
             self.notify(f"{iface.name} is IPoIB: its IP traffic is reported as IPoIB; native InfiniBand and "
                         "hardware RoCE bypass the kernel: use -m rdma for the NIC's counters")

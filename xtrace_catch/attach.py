@@ -1,4 +1,12 @@
-"""Attach our programs to an interface: XDP or TC clsact. The only module that imports pyroute2.
+"""Attach our programs to an interface: XDP or TC. The only module that imports pyroute2.
+
+Two paths (XTRACE_ATTACH=auto|link|netlink chooses; auto is the default):
+- BPF links where the kernel has them: XDP links (Linux >= 5.9) and TCX links (Linux >= 6.6,
+  libbpf >= 1.3). A link lives as long as the agent's fd, so a killed agent leaves nothing
+  attached and no cleanup is needed. TCX links go first on ingress (we see every packet before
+  another program may drop it) and last on egress (we count what leaves), beside any others.
+- netlink (clsact + cls_bpf filter, XDP by ifindex): older kernels and libbpf 1.1, with the
+  crash-state records and `cleanup` below.
 
 Rules (DESIGN.md): never destroy what we did not create. XDP attaches with
 XDP_FLAGS_UPDATE_IF_NOEXIST and detaches only our own program (XDP_FLAGS_REPLACE with
@@ -65,6 +73,8 @@ from pyroute2.netlink.exceptions import NetlinkError  # noqa: E402
 
 __all__ = [
     "XdpMode",
+    "attach_policy",
+    "attach_paths",
     "Interface",
     "Attachments",
     "HookLock",
@@ -95,6 +105,45 @@ OUR_PROG_NAMES = {n[:15] for n in (XDP_NAME, *TC_NAMES.values())}
 ARPHRD = {1: "Ethernet", 32: "InfiniBand", 772: "loopback", 65534: "none", 768: "tunnel", 769: "tunnel6",
           776: "sit", 778: "gre", 823: "ip6gre", 65535: "void"}
 ARPHRD_INFINIBAND = 32
+
+
+ATTACH_POLICIES = ("auto", "link", "netlink")
+TCX_TYPE = {Direction.INGRESS: _libbpf.BPF_TCX_INGRESS, Direction.EGRESS: _libbpf.BPF_TCX_EGRESS}
+TCX_PLACE = {Direction.INGRESS: _libbpf.BPF_F_BEFORE, Direction.EGRESS: _libbpf.BPF_F_AFTER}
+# What a kernel without the link type answers BPF_LINK_CREATE with.
+_NO_LINK = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS, errno.EPROTONOSUPPORT)
+
+
+def attach_policy() -> str:
+    """XTRACE_ATTACH: 'auto' (links where the kernel has them), 'link' (links or fail) or 'netlink'."""
+    v = os.environ.get("XTRACE_ATTACH", "auto").strip().lower() or "auto"
+    if v not in ATTACH_POLICIES:
+        raise UsageError(f"XTRACE_ATTACH={v!r} is not one of {', '.join(ATTACH_POLICIES)}")
+    return v
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    try:
+        parts = os.uname().release.split(".")
+        return (int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)) >= (major, minor)
+    except (ValueError, IndexError):
+        return False
+
+
+def attach_paths() -> dict[str, str]:
+    """The attach path each hook will take on this kernel with this libbpf (for --version)."""
+    policy = attach_policy()
+    lib = _libbpf.get()
+    if policy == "netlink":
+        return {"xdp": "netlink (XTRACE_ATTACH=netlink)", "tc": "netlink clsact filter (XTRACE_ATTACH=netlink)"}
+    xdp = "BPF link" if _kernel_at_least(5, 9) else "netlink (kernel < 5.9 has no XDP links)"
+    if not lib.has_tcx:
+        tc = f"netlink clsact filter (libbpf {lib.version_string.lstrip('v')} has no TCX; needs >= 1.3)"
+    elif not _kernel_at_least(6, 6):
+        tc = "netlink clsact filter (kernel < 6.6 has no TCX)"
+    else:
+        tc = "TCX link"
+    return {"xdp": xdp, "tc": tc}
 
 
 class XdpMode:
@@ -172,6 +221,7 @@ class Interface:
     addresses: list[str] = field(default_factory=list)
     xdp: str = ""  # e.g. "xdp id 12 xtrace_xdp"
     tc: list[str] = field(default_factory=list)  # our filters: "ingress", "egress"
+    tcx: list[str] = field(default_factory=list)  # our TCX links: "ingress", "egress"
 
     @property
     def is_infiniband(self) -> bool:
@@ -268,6 +318,9 @@ def _interface(ipr: IPRoute, link: object, with_attach: bool = True) -> Interfac
                 f, ours = _our_filter(ipr, index, d)
                 if f is not None and ours:
                     iface.tc.append(d.label)
+        for d, progs in tcx_programs(iface).items():
+            if any(name in OUR_PROG_NAMES for _, name in progs):
+                iface.tcx.append(d.label)
     return iface
 
 
@@ -307,10 +360,34 @@ Notify = Callable[[str], None]
 
 
 class _XdpAttachment:
-    def __init__(self, ipr: IPRoute, iface: Interface, prog_fd: int, mode: str, notify: Notify) -> None:
+    def __init__(self, ipr: IPRoute, iface: Interface, prog_fd: int, mode: str, notify: Notify,
+                 policy: str = "auto") -> None:
         self.ipr, self.iface, self.fd = ipr, iface, prog_fd
         self.mode_flag = 0
+        self.link_fd: int | None = None
+        self.use_link = policy != "netlink"
+        self.need_link = policy == "link"
         self._attach(mode, notify)
+
+    @property
+    def path(self) -> str:
+        return "link" if self.link_fd is not None else "netlink"
+
+    def _try_link(self, flag: int) -> bool:
+        """Attach through an XDP link in `flag`'s mode. False where the kernel has no XDP links."""
+        try:
+            self.link_fd = _libbpf.get().link_create(self.fd, self.iface.index, _libbpf.BPF_XDP, flags=flag)
+            return True
+        except LibbpfError as exc:
+            if exc.errno in (errno.EBUSY, errno.EEXIST):
+                raise NetlinkError(exc.errno, str(exc)) from exc  # held by another program: refused below
+            if exc.errno not in _NO_LINK or self.need_link:
+                if exc.errno in _NO_LINK and flag == XDP_FLAGS_DRV_MODE:
+                    raise NetlinkError(exc.errno, str(exc)) from exc  # native refused: try generic
+                raise AttachError(f"attaching XDP to {self.iface.name} through a BPF link failed: "
+                                  f"{_libbpf.errno_name(exc.errno)}") from exc
+            log.info("XDP link on %s refused (%s): using netlink", self.iface.name, _libbpf.errno_name(exc.errno))
+            return False
 
     def _set(self, flags: int, fd: int, expected: int | None = None) -> None:
         attrs: list[tuple[str, int]] = [("IFLA_XDP_FD", fd), ("IFLA_XDP_FLAGS", flags)]
@@ -340,6 +417,12 @@ class _XdpAttachment:
         last_exc: NetlinkError | None = None
         for flag in modes:
             try:
+                if self.use_link and self._try_link(flag):
+                    self.mode_flag = flag
+                    _xdp_state_file(name).unlink(missing_ok=True)
+                    if flag == XDP_FLAGS_SKB_MODE and mode == XdpMode.AUTO:
+                        notify(f"the driver of {name} lacks native XDP: using generic (SKB) mode, which is slower")
+                    return
                 self._set(XDP_FLAGS_UPDATE_IF_NOEXIST | flag, self.fd)
                 self.mode_flag = flag
                 self._record()
@@ -373,8 +456,17 @@ class _XdpAttachment:
     def mode_name(self) -> str:
         return "generic" if self.mode_flag == XDP_FLAGS_SKB_MODE else "native"
 
+    def close_link(self) -> bool:
+        """Close our XDP link (the kernel detaches the program). False when we hold none."""
+        fd, self.link_fd = self.link_fd, None
+        if fd is None:
+            return False
+        self.mode_flag = 0
+        os.close(fd)
+        return True
+
     def detach(self) -> None:
-        if self.mode_flag == 0:
+        if self.close_link() or self.mode_flag == 0:
             return
         flag, self.mode_flag = self.mode_flag, 0
         _xdp_state_file(self.iface.name).unlink(missing_ok=True)
@@ -389,6 +481,8 @@ class _XdpAttachment:
 
 
 class _TcAttachment:
+    path = "netlink"
+
     def __init__(self, ipr: IPRoute, iface: Interface, direction: Direction, prog_fd: int, notify: Notify) -> None:
         self.ipr, self.iface, self.direction, self.fd = ipr, iface, direction, prog_fd
         self.attached = False
@@ -430,6 +524,54 @@ class _TcAttachment:
             if _err(exc) in (errno.ENODEV, errno.ENOENT, errno.EINVAL):
                 return
             raise AttachError(f"removing our TC filter from {self.iface.name} failed: {exc}") from exc
+
+
+class _TcxAttachment:
+    """Our TC program in the interface's TCX chain through a link (Linux >= 6.6, libbpf >= 1.3)."""
+
+    path = "link"
+
+    def __init__(self, iface: Interface, direction: Direction, link_fd: int) -> None:
+        self.iface, self.direction, self.link_fd = iface, direction, link_fd
+
+    def close_link(self) -> bool:
+        fd, self.link_fd = self.link_fd, None
+        if fd is None:
+            return False
+        os.close(fd)
+        return True
+
+    def detach(self) -> None:
+        self.close_link()
+
+
+def _tcx_link(iface: Interface, direction: Direction, prog_fd: int, need: bool) -> int | None:
+    """A TCX link for `prog_fd` (first on ingress, last on egress), or None where the kernel or
+    libbpf has no TCX and `need` is False."""
+    lib = _libbpf.get()
+    if not lib.has_tcx:
+        if need:
+            raise AttachError(f"XTRACE_ATTACH=link: libbpf {lib.version_string.lstrip('v')} at {lib.path} has no "
+                              "TCX support (needs >= 1.3: run 'make libbpf' or set XTRACE_LIBBPF)")
+        return None
+    try:
+        return lib.link_create(prog_fd, iface.index, TCX_TYPE[direction], flags=TCX_PLACE[direction])
+    except LibbpfError as exc:
+        if exc.errno in _NO_LINK and not need:
+            log.info("TCX link on %s %s refused (%s): using a netlink clsact filter", iface.name, direction.label,
+                     _libbpf.errno_name(exc.errno))
+            return None
+        hint = ("this kernel has no TCX (Linux >= 6.6); unset XTRACE_ATTACH=link" if exc.errno in _NO_LINK
+                else "run as root or grant CAP_NET_ADMIN and CAP_BPF" if exc.errno == errno.EPERM
+                else "run with -v for details")
+        raise AttachError(f"attaching TC {direction.label} to {iface.name} through a TCX link failed: "
+                          f"{_libbpf.errno_name(exc.errno)}; {hint}") from exc
+
+
+def tcx_programs(iface: Interface) -> dict[Direction, list[tuple[int, str]]]:
+    """(id, name) of the programs in the interface's TCX chains, per direction (none before 6.6)."""
+    lib = _libbpf.get()
+    return {d: [(pid, _prog_name(pid)) for pid in lib.prog_query(iface.index, TCX_TYPE[d])] for d in Direction}
 
 
 class HookLock:
@@ -485,10 +627,11 @@ class Attachments:
         self.iface = iface
         self.notify: Notify = notify or (lambda msg: log.warning("%s", msg))
         self.ipr = _ipr()
-        self._items: list[_XdpAttachment | _TcAttachment] = []
+        self._items: list[_XdpAttachment | _TcAttachment | _TcxAttachment] = []
         self._locks: list[HookLock] = []
         self._created_qdisc = False
         self.xdp_mode = ""
+        self.policy = attach_policy()
 
     def _lock(self, hook: str) -> None:
         lk = HookLock(self.iface.name, hook)
@@ -498,13 +641,28 @@ class Attachments:
     def attach_xdp(self, prog_fd: int, mode: str = XdpMode.AUTO) -> str:
         """Attach XDP; returns the mode used ('native' or 'generic')."""
         self._lock("xdp")
-        att = _XdpAttachment(self.ipr, self.iface, prog_fd, mode, self.notify)
+        att = _XdpAttachment(self.ipr, self.iface, prog_fd, mode, self.notify, self.policy)
         self._items.append(att)
         self.xdp_mode = att.mode_name
         return att.mode_name
 
+    @property
+    def paths(self) -> dict[str, str]:
+        """hook -> 'link' or 'netlink', for what is attached now."""
+        out = {}
+        for it in self._items:
+            hook = "xdp" if isinstance(it, _XdpAttachment) else f"tc-{it.direction.label}"
+            out[hook] = it.path
+        return out
+
     def attach_tc(self, direction: Direction, prog_fd: int) -> None:
         self._lock(f"tc-{direction.label}")
+        if self.policy != "netlink":
+            link_fd = _tcx_link(self.iface, direction, prog_fd, need=self.policy == "link")
+            if link_fd is not None:
+                self._items.append(_TcxAttachment(self.iface, direction, link_fd))
+                self._remove_stale_filter(direction)
+                return
         if not self._created_qdisc and not _has_clsact(self.ipr, self.iface.index):
             try:
                 self.ipr.tc("add", "clsact", self.iface.index)
@@ -522,8 +680,26 @@ class Attachments:
             self._save_state()
         self._items.append(_TcAttachment(self.ipr, self.iface, direction, prog_fd, self.notify))
 
+    def _remove_stale_filter(self, direction: Direction) -> None:
+        """A killed netlink-path run's filter would go on running beside our link: remove it."""
+        try:
+            f, ours = _our_filter(self.ipr, self.iface.index, direction)
+            if f is None or not ours:
+                return
+            self.ipr.tc("del-filter", "bpf", self.iface.index, handle=TC_HANDLE, parent=PARENT[direction],
+                        prio=TC_PRIO)
+        except NetlinkError as exc:
+            log.info("could not remove a stale filter on %s %s: %s", self.iface.name, direction.label, exc)
+            return
+        self.notify(f"removed a stale xtrace-catch TC filter on {self.iface.name} {direction.label}")
+        if _stale_state_is_ours(self.iface) and _remove_clsact_if_unused(self.ipr, self.iface.index):
+            _state_file(self.iface.name).unlink(missing_ok=True)
+
     def forget(self) -> None:
         """The interface is gone and our attachments with it: drop them without netlink calls."""
+        for it in self._items:
+            if isinstance(it, (_XdpAttachment, _TcxAttachment)):
+                it.close_link()
         self._items.clear()
         if self._created_qdisc:
             self._created_qdisc = False

@@ -164,14 +164,28 @@ def _print_rdma_links() -> None:
             print(f"  {line}")
 
 
+def _print_attach_paths() -> None:
+    from . import _libbpf
+    from .attach import attach_paths
+
+    try:
+        _libbpf.get()
+    except XtraceError:
+        return
+    paths = attach_paths()
+    print(f"attach paths: XDP {paths['xdp']}; TC {paths['tc']}")
+
+
 def _print_interfaces() -> None:
     from .attach import list_interfaces
 
     rows = list_interfaces()
     print(f"{'INTERFACE':<16}{'STATE':<9}{'LINK':<12}{'MTU':>6}  {'ATTACHED':<34}ADDRESSES")
     for i in rows:
-        att = ", ".join(([i.xdp] if i.xdp else []) + [f"xtrace tc {d}" for d in i.tc]) or "-"
+        att = ", ".join(([i.xdp] if i.xdp else []) + [f"xtrace tc {d}" for d in i.tc]
+                        + [f"xtrace tcx {d}" for d in i.tcx]) or "-"
         print(f"{i.name:<16}{i.state:<9}{i.link_type:<12}{i.mtu:>6}  {att:<33} {' '.join(i.addresses) or '-'}")
+    _print_attach_paths()
     _print_rdma_links()
 
 
@@ -210,6 +224,10 @@ def version_cmd() -> None:
 
         info = _libbpf.get().info()
         print(f"libbpf {info.version.lstrip('v')} ({info.source}: {info.path})")
+        from .attach import attach_paths
+
+        paths = attach_paths()
+        print(f"attach: XDP {paths['xdp']}; TC {paths['tc']}")
     except XtraceError as exc:
         print(f"libbpf: not usable: {exc}")
     print(f"kernel {platform.release()}")
