@@ -141,19 +141,23 @@ def vmlinux(tree: KernelTree) -> Path:
     if out.exists() and out.stat().st_mtime >= tree.vmlinuz.stat().st_mtime:
         return out
     data = tree.vmlinuz.read_bytes()
+    # The bzImage header says where its compressed payload is (boot protocol >= 2.08):
+    # payload_offset/payload_length at 0x248/0x24c, from the protected-mode code after the
+    # setup sectors. The build appends the uncompressed size (4 bytes) to the payload.
+    setup = ((data[0x1F1] or 4) + 1) * 512
+    off, length = int.from_bytes(data[0x248:0x24C], "little"), int.from_bytes(data[0x24C:0x250], "little")
+    payload = data[setup + off:setup + off + length]
     image = b""
     for magic, unpack_ in ((b"\xfd7zXZ\x00", _unxz), (b"\x28\xb5\x2f\xfd", _unzstd), (b"\x1f\x8b\x08", _ungzip)):
-        at = data.find(magic)
-        while at >= 0 and not image:
-            try:
-                cand = unpack_(data[at:])
-            except Exception:
-                cand = b""
-            if cand[:4] == b"\x7fELF":
-                image = cand
-            at = data.find(magic, at + 1)
-        if image:
-            break
+        if payload.startswith(magic):
+            for cut in (4, 0):
+                try:
+                    image = unpack_(payload[:len(payload) - cut] if cut else payload)
+                except Exception:
+                    continue
+                if image[:4] == b"\x7fELF":
+                    break
+                image = b""
     if not image:
         raise HarnessError(f"no compressed ELF kernel found inside {tree.vmlinuz}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -369,7 +373,7 @@ def boot(tree: KernelTree, job: str, log: Path, smp: int = 2, mem_mb: int = 3072
                     fh.write(line)
                     fh.flush()
                     lines.append(line)
-                    if line.startswith("emulation failure"):
+                    if line.startswith(("KVM internal error", "emulation failure")):
                         raise HarnessError(f"KVM could not run guest {tree.version}: qemu reports an "
                                            f"emulation failure (log: {log})")
                     if echo:
