@@ -200,3 +200,15 @@ def test_bad_attach_policy_is_a_usage_error(pair: VethPair, env: dict[str, str])
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.strip() == "xtrace-catch: error: XTRACE_ATTACH='bogus' is not one of auto, link, netlink"
     assert nothing_attached(pair)["tcx"] == {"ingress": [], "egress": []}
+
+
+def test_interfaces_list_without_bpf_rights(pair: VethPair, env: dict[str, str]) -> None:
+    """-l with only CAP_PERFMON (no CAP_BPF, no CAP_NET_ADMIN), as in an unprivileged
+    container: the kernel refuses the TCX query (EPERM), the listing still works."""
+    from test_privilege import CAP_PERFMON, capsh_prefix
+
+    from netns import xtrace_cmd
+
+    p = in_ns(pair.ns, [*capsh_prefix((CAP_PERFMON,)), *xtrace_cmd(), "-l"], check=False, env=env)
+    assert (p.returncode, p.stderr) == (0, ""), p.stderr
+    assert p.stdout.startswith("INTERFACE") and any(ln.startswith(pair.ifname) for ln in p.stdout.splitlines())

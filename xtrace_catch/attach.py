@@ -571,7 +571,15 @@ def _tcx_link(iface: Interface, direction: Direction, prog_fd: int, need: bool) 
 def tcx_programs(iface: Interface) -> dict[Direction, list[tuple[int, str]]]:
     """(id, name) of the programs in the interface's TCX chains, per direction (none before 6.6)."""
     lib = _libbpf.get()
-    return {d: [(pid, _prog_name(pid)) for pid in lib.prog_query(iface.index, TCX_TYPE[d])] for d in Direction}
+    out: dict[Direction, list[tuple[int, str]]] = {}
+    for d in Direction:
+        try:
+            ids = lib.prog_query(iface.index, TCX_TYPE[d])
+        except LibbpfError as exc:  # e.g. EPERM: listing without CAP_NET_ADMIN/CAP_BPF
+            log.info("cannot list TCX programs of %s (%s)", iface.name, exc)
+            ids = []
+        out[d] = [(pid, _prog_name(pid)) for pid in ids]
+    return out
 
 
 class HookLock:
