@@ -195,16 +195,9 @@ def _mod_name(path: Path) -> str:
 
 def _module_bytes(path: Path) -> bytes:
     data = path.read_bytes()
-    if path.name.endswith(".ko.xz"):
-        return lzma.decompress(data)
-    if path.name.endswith(".ko.zst"):
-        import cramjam
-
-        return bytes(cramjam.zstd.decompress(data))
-    if path.name.endswith(".ko.gz"):
-        import gzip
-
-        return gzip.decompress(data)
+    for suffix, unpack_ in ((".ko.xz", _unxz), (".ko.zst", _unzstd), (".ko.gz", _ungzip)):
+        if path.name.endswith(suffix):
+            return unpack_(data)
     return data
 
 

@@ -290,27 +290,15 @@ def our_prog_ids(ns: str, ifname: str) -> dict[str, int]:
 
 
 _TCX_QUERY = r"""
-import json, socket, sys
-from xtrace_catch import _libbpf
-lib = _libbpf.get()
-idx = socket.if_nametoindex(sys.argv[1])
-out = {}
-for d, t in (("ingress", _libbpf.BPF_TCX_INGRESS), ("egress", _libbpf.BPF_TCX_EGRESS)):
-    progs = []
-    for pid in lib.prog_query(idx, t):
-        fd = lib.prog_fd_by_id(pid)
-        try:
-            progs.append((pid, lib.prog_info(fd)[1]))
-        finally:
-            import os; os.close(fd)
-    out[d] = progs
-print(json.dumps(out))
+import json, sys
+from xtrace_catch.attach import get_interface, tcx_programs
+print(json.dumps({d.label: progs for d, progs in tcx_programs(get_interface(sys.argv[1])).items()}))
 """
 
 
 def tcx_progs(ns: str, ifname: str) -> dict[str, list[tuple[int, str]]]:
     """(id, name) of the programs in the interface's TCX chains, in chain order, per direction
-    (Debian 12's bpftool predates TCX, so our own binding asks the kernel)."""
+    (Debian 12's bpftool predates TCX, so the package's own query asks the kernel)."""
     p = in_ns(ns, [sys.executable, "-c", _TCX_QUERY, ifname])
     return {d: [(int(i), str(n)) for i, n in v] for d, v in json.loads(p.stdout).items()}
 

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -70,6 +70,22 @@ def agent(pair: VethPair, env: dict[str, str], *args: str) -> Agent:
     return Agent(pair.ns, ["-i", pair.ifname, "--output", "json", "-t", INTERVAL, *args], env=env)
 
 
+def counted_exactly_through_tc(pair: VethPair, env: dict[str, str],
+                               while_attached: Callable[[], None] = lambda: None) -> None:
+    """A TC both-ways run with ingress traffic: the records account for every frame.
+    `while_attached` runs once the agent has attached, before the traffic."""
+    t = tc_ingress_traffic()
+    with agent(pair, env, "-m", "tc", "-d", "both", "-t", "600000") as at:
+        assert at.wait_stderr("xtrace-catch: ") == attached_line(pair, "tc", "both")
+        while_attached()
+        send_frames(pair.peer_ns, pair.peer_if, t.frames)
+        wait_seen(pair.ns, pair.ifname, t.packets, hook="ingress")
+        assert at.stop() == 0
+    recs = at.records()
+    check_accounting(recs, pair.ifname)
+    assert aggregate(recs, pair.ifname, AGENT_IP4) == t.only(lambda k: True)
+
+
 def nothing_attached(pair: VethPair) -> dict[str, object]:
     """What tc, ip and bpftool (and the kernel's TCX query) show of programs on the interface."""
     net = in_ns(pair.ns, ["bpftool", "-j", "net", "show", "dev", pair.ifname]).stdout
@@ -106,14 +122,7 @@ def test_sigkill_leaves_nothing_attached(pair: VethPair, env: dict[str, str]) ->
     assert nothing_attached(pair) == CLEAN
     assert not pair.state_dir.exists() or sorted(p.name for p in pair.state_dir.glob("*.json")) == []
     # And a normal run counts exactly through the links, and leaves nothing either.
-    with agent(pair, env, "-m", "tc", "-d", "both", "-t", "600000") as at:
-        assert at.wait_stderr("xtrace-catch: ") == attached_line(pair, "tc", "both")
-        send_frames(pair.peer_ns, pair.peer_if, t.frames)
-        wait_seen(pair.ns, pair.ifname, t.packets, hook="ingress")
-        assert at.stop() == 0
-    recs = at.records()
-    check_accounting(recs, pair.ifname)
-    assert aggregate(recs, pair.ifname, AGENT_IP4) == t.only(lambda k: True)
+    counted_exactly_through_tc(pair, env)
     assert nothing_attached(pair) == CLEAN
 
 
@@ -151,18 +160,12 @@ def test_tcx_goes_first_on_ingress_last_on_egress_beside_others(pair: VethPair, 
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
         before = tcx_progs(pair.ns, pair.ifname)
         assert [n for _, n in before["ingress"]] == ["foreign_tcx"] == [n for _, n in before["egress"]]
-        with agent(pair, env, "-m", "tc", "-d", "both", "-t", "600000") as at:
-            assert at.wait_stderr("xtrace-catch: ") == attached_line(pair, "tc", "both")
+        def ours_first_in_ingress_last_in_egress() -> None:
             now = tcx_progs(pair.ns, pair.ifname)
             assert [n for _, n in now["ingress"]] == [ING, "foreign_tcx"]
             assert [n for _, n in now["egress"]] == ["foreign_tcx", EGR]
-            t = tc_ingress_traffic()
-            send_frames(pair.peer_ns, pair.peer_if, t.frames)
-            wait_seen(pair.ns, pair.ifname, t.packets, hook="ingress")
-            assert at.stop() == 0
-        recs = at.records()
-        check_accounting(recs, pair.ifname)
-        assert aggregate(recs, pair.ifname, AGENT_IP4) == t.only(lambda k: True)
+
+        counted_exactly_through_tc(pair, env, ours_first_in_ingress_last_in_egress)
         assert tcx_progs(pair.ns, pair.ifname) == before
     finally:
         holder.kill()

@@ -282,6 +282,11 @@ def _filter_prio(f: object) -> int:
     return (f["info"] >> 16) & 0xFFFF  # type: ignore[index]
 
 
+def _del_our_filter(ipr: IPRoute, index: int, direction: Direction) -> None:
+    """Delete the filter at our handle and prio (raises NetlinkError)."""
+    ipr.tc("del-filter", "bpf", index, handle=TC_HANDLE, parent=PARENT[direction], prio=TC_PRIO)
+
+
 def _our_filter(ipr: IPRoute, index: int, direction: Direction) -> tuple[object | None, bool]:
     """(filter with our handle and prio or None, whether its name is ours)."""
     for f in _filters(ipr, index, direction):
@@ -359,7 +364,21 @@ def get_interface(name: str) -> Interface:
 Notify = Callable[[str], None]
 
 
-class _XdpAttachment:
+class _LinkHolder:
+    """An attachment that may be a BPF link: closing its fd detaches it."""
+
+    link_fd: int | None = None
+
+    def close_link(self) -> bool:
+        """Close our link (the kernel detaches the program). False when we hold none."""
+        fd, self.link_fd = self.link_fd, None
+        if fd is None:
+            return False
+        os.close(fd)
+        return True
+
+
+class _XdpAttachment(_LinkHolder):
     def __init__(self, ipr: IPRoute, iface: Interface, prog_fd: int, mode: str, notify: Notify,
                  policy: str = "auto") -> None:
         self.ipr, self.iface, self.fd = ipr, iface, prog_fd
@@ -379,13 +398,14 @@ class _XdpAttachment:
             self.link_fd = _libbpf.get().link_create(self.fd, self.iface.index, _libbpf.BPF_XDP, flags=flag)
             return True
         except LibbpfError as exc:
-            if exc.errno in (errno.EBUSY, errno.EEXIST):
-                raise NetlinkError(exc.errno, str(exc)) from exc  # held by another program: refused below
-            if exc.errno not in _NO_LINK or self.need_link:
-                if exc.errno in _NO_LINK and flag == XDP_FLAGS_DRV_MODE:
-                    raise NetlinkError(exc.errno, str(exc)) from exc  # native refused: try generic
+            code = exc.errno
+            if code in (errno.EBUSY, errno.EEXIST):
+                raise NetlinkError(code, str(exc)) from exc  # another program holds the hook: refused below
+            if code in _NO_LINK and self.need_link and flag == XDP_FLAGS_DRV_MODE:
+                raise NetlinkError(code, str(exc)) from exc  # native refused: the caller tries generic
+            if code not in _NO_LINK or self.need_link:
                 raise AttachError(f"attaching XDP to {self.iface.name} through a BPF link failed: "
-                                  f"{_libbpf.errno_name(exc.errno)}") from exc
+                                  f"{_libbpf.errno_name(code)}") from exc
             log.info("XDP link on %s refused (%s): using netlink", self.iface.name, _libbpf.errno_name(exc.errno))
             return False
 
@@ -456,17 +476,11 @@ class _XdpAttachment:
     def mode_name(self) -> str:
         return "generic" if self.mode_flag == XDP_FLAGS_SKB_MODE else "native"
 
-    def close_link(self) -> bool:
-        """Close our XDP link (the kernel detaches the program). False when we hold none."""
-        fd, self.link_fd = self.link_fd, None
-        if fd is None:
-            return False
-        self.mode_flag = 0
-        os.close(fd)
-        return True
-
     def detach(self) -> None:
-        if self.close_link() or self.mode_flag == 0:
+        if self.close_link():
+            self.mode_flag = 0
+            return
+        if self.mode_flag == 0:
             return
         flag, self.mode_flag = self.mode_flag, 0
         _xdp_state_file(self.iface.name).unlink(missing_ok=True)
@@ -518,28 +532,20 @@ class _TcAttachment:
         if f is None or not ours:
             return
         try:
-            self.ipr.tc("del-filter", "bpf", self.iface.index, handle=TC_HANDLE, parent=PARENT[self.direction],
-                        prio=TC_PRIO)
+            _del_our_filter(self.ipr, self.iface.index, self.direction)
         except NetlinkError as exc:
             if _err(exc) in (errno.ENODEV, errno.ENOENT, errno.EINVAL):
                 return
             raise AttachError(f"removing our TC filter from {self.iface.name} failed: {exc}") from exc
 
 
-class _TcxAttachment:
+class _TcxAttachment(_LinkHolder):
     """Our TC program in the interface's TCX chain through a link (Linux >= 6.6, libbpf >= 1.3)."""
 
     path = "link"
 
     def __init__(self, iface: Interface, direction: Direction, link_fd: int) -> None:
         self.iface, self.direction, self.link_fd = iface, direction, link_fd
-
-    def close_link(self) -> bool:
-        fd, self.link_fd = self.link_fd, None
-        if fd is None:
-            return False
-        os.close(fd)
-        return True
 
     def detach(self) -> None:
         self.close_link()
@@ -694,8 +700,7 @@ class Attachments:
             f, ours = _our_filter(self.ipr, self.iface.index, direction)
             if f is None or not ours:
                 return
-            self.ipr.tc("del-filter", "bpf", self.iface.index, handle=TC_HANDLE, parent=PARENT[direction],
-                        prio=TC_PRIO)
+            _del_our_filter(self.ipr, self.iface.index, direction)
         except NetlinkError as exc:
             log.info("could not remove a stale filter on %s %s: %s", self.iface.name, direction.label, exc)
             return
@@ -706,7 +711,7 @@ class Attachments:
     def forget(self) -> None:
         """The interface is gone and our attachments with it: drop them without netlink calls."""
         for it in self._items:
-            if isinstance(it, (_XdpAttachment, _TcxAttachment)):
+            if isinstance(it, _LinkHolder):
                 it.close_link()
         self._items.clear()
         if self._created_qdisc:
@@ -843,7 +848,7 @@ def _cleanup(iface: Interface, removed: list[str]) -> list[str]:
             for d in Direction:
                 f, ours = _our_filter(ipr, iface.index, d)
                 if f is not None and ours:
-                    ipr.tc("del-filter", "bpf", iface.index, handle=TC_HANDLE, parent=PARENT[d], prio=TC_PRIO)
+                    _del_our_filter(ipr, iface.index, d)
                     removed.append(f"TC {d.label} filter")
         state = _state_file(ifname)
         try:
