@@ -50,7 +50,7 @@ compose_env = NETWORK_INTERFACE='$(INTERFACE)' XTRACE_MODE='$(1)' XTRACE_ARGS='$
 DOCKER_RUN_PRIV := --privileged --network host -v /sys/fs/bpf:/sys/fs/bpf -v /sys:/host/sys:ro \
 	-e XTRACE_SYSFS_ROOT=/host/sys -v /run/xtrace-catch:/run/xtrace-catch
 
-.PHONY: help deps bpf bpf-check install build test test-kernels bench clean libbpf run run-with-interface interfaces info \
+.PHONY: bench-cpus help deps bpf bpf-check install build test test-kernels bench clean libbpf run run-with-interface interfaces info \
 	docker-base docker-build docker-run docker-up docker-up-xdp docker-up-rdma docker-up-nccl docker-down \
 	docker-logs docker-shell docker-info docker-test docker-clean docker-network-info image-test
 
@@ -64,6 +64,7 @@ help:
 	@echo "make test       run the test suite (root: loads BPF, makes netns)"
 	@echo "make test-kernels  boot each kernel of tests/kernels.txt in KVM and run the kernel subset [KERNELS=6.1]"
 	@echo "make bench      run the benchmarks in bench/ (writes bench/results/*.md)"
+	@echo "make bench-cpus the many-CPU benchmark: guests with 2-128 vCPUs (CPUS=2,128), ~25 min"
 	@echo "make run        run the agent from $(VENV): INTERFACE=$(INTERFACE) MODE=$(MODE) [DEVICE=mlx5_0] [RUN_ARGS=...]"
 	@echo "make run-with-interface INTERFACE=IF   the same, but INTERFACE must be given"
 	@echo "make interfaces list interfaces (state, link type, addresses, attached programs)"
@@ -90,7 +91,7 @@ bpf: $(BPF_OBJ)
 
 # DWARF is stripped (BTF and BTF.ext, which CO-RE needs, stay): smaller and free of paths.
 define build_bpf
-	$(CLANG) $(BPF_CFLAGS) -c ebpf/xtrace.bpf.c -o $(1)
+	$(CLANG) $(BPF_CFLAGS) $(BPF_EXTRA) -c ebpf/xtrace.bpf.c -o $(1)
 	llvm-strip -g $(1)
 endef
 
@@ -158,6 +159,14 @@ test-kernels: $(VENV)/bin/python bpf-check libbpf
 bench: $(VENV)/bin/python
 	$(VENV)/bin/pip install -q -e '.[test]'
 	$(VENV)/bin/python bench/run.py
+
+# Step 10: guests with 2, 16, 64 and 128 vCPUs (CPUS=2,128 picks some) boot Debian 12's kernel and
+# measure the flow map's memory, the collector's read, and the agent (CPU, RSS, exactness).
+# KVM where it runs stock kernels, else qemu's TCG (XTRACE_ACCEL=kvm|tcg forces one). ~25 min under TCG.
+bench-cpus: $(VENV)/bin/python
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends qemu-system-x86 busybox-static cpio
+	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/python bench/cpus.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache vendor-libbpf/build vendor-libbpf/src

@@ -32,6 +32,7 @@ from typing import Any
 
 import frames
 import netenv
+from xtrace_catch.collector import FlowMapInfo
 from xtrace_catch.settings import Mode
 
 __all__ = ["NAME", "run", "Params", "FULL", "QUICK"]
@@ -215,7 +216,7 @@ def _breakdown(flows: int, rounds: int) -> tuple[dict[str, float], dict[str, flo
         col = Collector(dp)
         exp = Export(settings, "xbg0", netenv.AGENT_IP4, col)
         enc = RemoteWriteEncoder(exp.table)
-        emitter = Emitter(settings, "xbg0", netenv.AGENT_IP4, settings.max_flows, sink)
+        emitter = Emitter(settings, "xbg0", netenv.AGENT_IP4, FlowMapInfo(settings.max_flows), sink)
         st: dict[str, object] = {}
 
         def emit() -> None:
@@ -274,7 +275,7 @@ def _breakdown(flows: int, rounds: int) -> tuple[dict[str, float], dict[str, flo
             col = Collector(dp)
             exp = Export(settings, "xbg0", netenv.AGENT_IP4, col)
             enc = RemoteWriteEncoder(exp.table)
-            emitter = Emitter(settings, "xbg0", netenv.AGENT_IP4, settings.max_flows, sink)
+            emitter = Emitter(settings, "xbg0", netenv.AGENT_IP4, FlowMapInfo(settings.max_flows), sink)
             for _ in range(3):
                 filler.bump(every=1)
                 for name in ("collect", "batch", "rw", "emit"):

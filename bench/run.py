@@ -23,7 +23,7 @@ REPO = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 
 # Benchmark modules, in the order they run. Add new ones here.
-MODULES = ["datapath", "collector", "export", "agent", "iperf"]
+MODULES = ["datapath", "variants", "collector", "export", "agent", "iperf"]
 
 sys.path.insert(0, str(BENCH_DIR))
 

@@ -23,12 +23,77 @@ const volatile __u32 cfg_filter = XT_FILTER_ALL;
 const volatile __u32 cfg_exclude_dns = 0;
 const volatile __u32 cfg_link_type = XT_LINK_ETHERNET;
 
+/*
+ * The flow map's kind. The shipped object uses XT_FLOWS_SHARED: one value per
+ * flow, whatever the CPU count, updated with atomic adds, and read for user
+ * space by xtrace_read_flows (below). Per-CPU values cost max_flows x CPUs x
+ * value in kernel memory and in every read (810 MB for 65,536 flows on 128
+ * CPUs). bench/variants.py builds the other kinds to compare (measured side by
+ * side in docs/PERFORMANCE.md):
+ *   XT_FLOWS_PERCPU  per-CPU values, plain adds (the design before Step 10);
+ *   XT_FLOWS_HOT16   per-CPU packets/bytes only, the rest in a shared map;
+ *   XT_FLOWS_LOCKED  one value per flow, added to under its bpf_spin_lock and
+ *                    copied with BPF_F_LOCK: exact too, ~40 ns more a packet.
+ */
+#define XT_FLOWS_SHARED 0
+#define XT_FLOWS_PERCPU 1
+#define XT_FLOWS_HOT16  2
+#define XT_FLOWS_LOCKED 3
+#ifndef XT_FLOWS
+#define XT_FLOWS XT_FLOWS_SHARED
+#endif
+
+#if XT_FLOWS == XT_FLOWS_SHARED
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, XT_DEFAULT_FLOWS); /* resized before load */
 	__type(key, struct flow_key);
 	__type(value, struct flow_value);
 } flows SEC(".maps");
+#define XT_ADD_ATOMIC 1
+#elif XT_FLOWS == XT_FLOWS_LOCKED
+struct flow_entry {
+	struct flow_value v;
+	struct bpf_spin_lock lock;
+	__u32 pad;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XT_DEFAULT_FLOWS);
+	__type(key, struct flow_key);
+	__type(value, struct flow_entry);
+} flows SEC(".maps");
+#define XT_ADD_ATOMIC 0
+#elif XT_FLOWS == XT_FLOWS_PERCPU
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, XT_DEFAULT_FLOWS);
+	__type(key, struct flow_key);
+	__type(value, struct flow_value);
+} flows SEC(".maps");
+#define XT_ADD_ATOMIC 0
+#elif XT_FLOWS == XT_FLOWS_HOT16
+struct flow_hot {
+	__u64 packets;
+	__u64 bytes;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, XT_DEFAULT_FLOWS);
+	__type(key, struct flow_key);
+	__type(value, struct flow_hot);
+} flows SEC(".maps");
+/* ECN, fragments and RoCE opcodes of the flows that have any, shared. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XT_DEFAULT_FLOWS);
+	__type(key, struct flow_key);
+	__type(value, struct flow_value);
+} flow_extras SEC(".maps");
+#define XT_ADD_ATOMIC 1 /* for flow_extras */
+#else
+#error "unknown XT_FLOWS"
+#endif
 
 /* Where packets go when `flows` is full: one record per direction and type,
  * index = direction * XT_TYPE_MAX + traffic_type. */
@@ -421,42 +486,61 @@ static __always_inline int filtered_out(const struct flow_key *key)
 	return 0;
 }
 
-static __always_inline void add_ops(struct flow_value *v, __s32 opcode, __u64 segs)
+/* Add to a counter: atomically where other CPUs add to the same value (a shared
+ * flow value), plainly where only this CPU does (per-CPU values, a local). The
+ * result is unused, so clang emits BPF_ATOMIC_ADD (lock xadd), known to every
+ * kernel with BPF. */
+#define XT_ADD(atomic, field, n)                          \
+	do {                                              \
+		if (atomic)                               \
+			__sync_fetch_and_add(&(field), (n)); \
+		else                                      \
+			(field) += (n);                   \
+	} while (0)
+
+static __always_inline void add_ops(struct flow_value *v, __s32 opcode, __u64 segs, int atomic)
 {
 	if (opcode < 0)
 		return;
 	if (opcode == BTH_OP_CNP) {
-		v->cnp += segs;
+		XT_ADD(atomic, v->cnp, segs);
 		return;
 	}
 	/* The low 5 bits name the operation for every transport (RC/UC/RD/UD/XRC). */
 	__u32 op = opcode & 0x1f;
 	if (op <= 5 || op == 22 || op == 23)
-		v->op_send += segs;
+		XT_ADD(atomic, v->op_send, segs);
 	else if (op <= 11)
-		v->op_write += segs;
+		XT_ADD(atomic, v->op_write, segs);
 	else if (op == 12)
-		v->op_read_req += segs;
+		XT_ADD(atomic, v->op_read_req, segs);
 	else if (op <= 16)
-		v->op_read_resp += segs;
+		XT_ADD(atomic, v->op_read_resp, segs);
 	else if (op <= 18)
-		v->op_ack += segs;
+		XT_ADD(atomic, v->op_ack, segs);
 	else if (op <= 20)
-		v->op_atomic += segs;
+		XT_ADD(atomic, v->op_atomic, segs);
 	else
-		v->op_other += segs;
+		XT_ADD(atomic, v->op_other, segs);
+}
+
+/* Everything but packets and bytes: zero for most packets. */
+static __always_inline void add_extras(struct flow_value *v, const struct pkt_info *pi,
+				       __u64 segs, int atomic)
+{
+	if (pi->ecn_ce)
+		XT_ADD(atomic, v->ecn_ce, segs);
+	if (pi->fragment)
+		XT_ADD(atomic, v->fragments, segs);
+	add_ops(v, pi->opcode, segs, atomic);
 }
 
 static __always_inline void add_value(struct flow_value *v, const struct pkt_info *pi,
-				      __u64 segs, __u64 bytes)
+				      __u64 segs, __u64 bytes, int atomic)
 {
-	v->packets += segs;
-	v->bytes += bytes;
-	if (pi->ecn_ce)
-		v->ecn_ce += segs;
-	if (pi->fragment)
-		v->fragments += segs;
-	add_ops(v, pi->opcode, segs);
+	XT_ADD(atomic, v->packets, segs);
+	XT_ADD(atomic, v->bytes, bytes);
+	add_extras(v, pi, segs, atomic);
 }
 
 /* Parse into a fresh key: `vlan_hw_present`/`vlan_hw_tci` are the tag the kernel
@@ -475,6 +559,89 @@ static __always_inline int parse_fresh(void *data, void *data_end, struct flow_k
 	}
 	return parse_frame(data, data_end, key, pi);
 }
+
+/*
+ * Add a frame to its flow's value; 0 when the map has no room for a new flow.
+ * A new flow goes in with BPF_NOEXIST: another CPU may insert the same key
+ * first, and then the lookup after the failed insert finds its value.
+ */
+#if XT_FLOWS == XT_FLOWS_HOT16
+static __always_inline void count_extras(struct flow_key *key, const struct pkt_info *pi, __u64 segs)
+{
+	if (!pi->ecn_ce && !pi->fragment && pi->opcode < 0)
+		return;
+	struct flow_value *v = bpf_map_lookup_elem(&flow_extras, key);
+	if (!v) {
+		struct flow_value init = {};
+		add_extras(&init, pi, segs, 0);
+		if (!bpf_map_update_elem(&flow_extras, key, &init, BPF_NOEXIST))
+			return;
+		v = bpf_map_lookup_elem(&flow_extras, key);
+		if (!v)
+			return;
+	}
+	add_extras(v, pi, segs, 1);
+}
+
+static __always_inline int count_flow(struct flow_key *key, const struct pkt_info *pi,
+				      __u64 segs, __u64 bytes)
+{
+	struct flow_hot *h = bpf_map_lookup_elem(&flows, key);
+	if (!h) {
+		struct flow_hot init = { .packets = segs, .bytes = bytes };
+		if (bpf_map_update_elem(&flows, key, &init, BPF_NOEXIST)) {
+			h = bpf_map_lookup_elem(&flows, key);
+			if (!h)
+				return 0;
+			h->packets += segs;
+			h->bytes += bytes;
+		}
+	} else {
+		h->packets += segs;
+		h->bytes += bytes;
+	}
+	/* Bench variant only: extras that find flow_extras full are dropped. */
+	count_extras(key, pi, segs);
+	return 1;
+}
+#elif XT_FLOWS == XT_FLOWS_LOCKED
+static __always_inline int count_flow(struct flow_key *key, const struct pkt_info *pi,
+				      __u64 segs, __u64 bytes)
+{
+	struct flow_entry *e = bpf_map_lookup_elem(&flows, key);
+	if (!e) {
+		struct flow_entry init = {};
+		add_value(&init.v, pi, segs, bytes, 0);
+		if (!bpf_map_update_elem(&flows, key, &init, BPF_NOEXIST))
+			return 1;
+		e = bpf_map_lookup_elem(&flows, key);
+		if (!e)
+			return 0;
+	}
+	/* Held for a dozen adds at most: no calls, no loops inside. */
+	bpf_spin_lock(&e->lock);
+	add_value(&e->v, pi, segs, bytes, 0);
+	bpf_spin_unlock(&e->lock);
+	return 1;
+}
+#else
+static __always_inline int count_flow(struct flow_key *key, const struct pkt_info *pi,
+				      __u64 segs, __u64 bytes)
+{
+	struct flow_value *v = bpf_map_lookup_elem(&flows, key);
+	if (!v) {
+		struct flow_value init = {};
+		add_value(&init, pi, segs, bytes, 0);
+		if (!bpf_map_update_elem(&flows, key, &init, BPF_NOEXIST))
+			return 1;
+		v = bpf_map_lookup_elem(&flows, key);
+		if (!v)
+			return 0;
+	}
+	add_value(v, pi, segs, bytes, XT_ADD_ATOMIC);
+	return 1;
+}
+#endif
 
 /*
  * Count one parsed frame (`ret` is parse_frame's result). `len` is the frame
@@ -516,33 +683,18 @@ static __always_inline void count_frame(struct flow_key *key, const struct pkt_i
 		return;
 	}
 
-	struct flow_value *v = bpf_map_lookup_elem(&flows, key);
-	if (!v) {
-		struct flow_value init = {};
-		add_value(&init, pi, segs, bytes);
-		/* BPF_NOEXIST: another CPU may insert the same key first; then
-		 * our slot exists (per-CPU) and the lookup below finds it. */
-		long err = bpf_map_update_elem(&flows, key, &init, BPF_NOEXIST);
-		if (!err) {
-			st->counted += segs;
-			st->counted_bytes += bytes;
-			return;
-		}
-		v = bpf_map_lookup_elem(&flows, key);
-		if (!v) {
-			/* Map full (-E2BIG) or out of memory: never lose the count. */
-			__u32 idx = (__u32)direction * XT_TYPE_MAX + (key->traffic_type & (XT_TYPE_MAX - 1));
-			struct flow_value *ov = bpf_map_lookup_elem(&overflow, &idx);
-			if (ov)
-				add_value(ov, pi, segs, bytes);
-			st->overflowed += segs;
-			st->overflowed_bytes += bytes;
-			return;
-		}
+	if (count_flow(key, pi, segs, bytes)) {
+		st->counted += segs;
+		st->counted_bytes += bytes;
+		return;
 	}
-	add_value(v, pi, segs, bytes);
-	st->counted += segs;
-	st->counted_bytes += bytes;
+	/* Map full (-E2BIG) or out of memory: never lose the count. */
+	__u32 idx = (__u32)direction * XT_TYPE_MAX + (key->traffic_type & (XT_TYPE_MAX - 1));
+	struct flow_value *ov = bpf_map_lookup_elem(&overflow, &idx);
+	if (ov)
+		add_value(ov, pi, segs, bytes, 0);
+	st->overflowed += segs;
+	st->overflowed_bytes += bytes;
 }
 
 SEC("xdp")
@@ -611,3 +763,51 @@ int xtrace_tc_egress(struct __sk_buff *skb)
 {
 	return tc_count(skb, XT_DIR_EGRESS);
 }
+
+#if XT_FLOWS == XT_FLOWS_SHARED
+/*
+ * The flow map as user space reads it (a bpf_iter over `flows`, Linux >= 5.9):
+ * one struct flow_record per flow. A syscall read of a shared value is a
+ * memcpy, which may tear a u64 that another CPU is adding to (seen on 6.1);
+ * here every counter is read with one 8-byte load, which cannot tear.
+ * The context types are the kernel's; CO-RE relocates their fields.
+ */
+struct seq_file;
+struct bpf_iter_meta {
+	struct seq_file *seq;
+} __attribute__((preserve_access_index));
+
+struct bpf_iter__bpf_map_elem {
+	struct bpf_iter_meta *meta;
+	void *key;
+	void *value;
+} __attribute__((preserve_access_index));
+
+#define XT_LOAD64(p) (*(volatile const __u64 *)&(p))
+
+SEC("iter/bpf_map_elem")
+int xtrace_read_flows(struct bpf_iter__bpf_map_elem *ctx)
+{
+	const struct flow_key *key = ctx->key;
+	const struct flow_value *v = ctx->value;
+	struct flow_record rec;
+
+	if (!key || !v)
+		return 0; /* the end of the walk */
+	__builtin_memcpy(&rec.key, key, sizeof(rec.key));
+	rec.v.packets = XT_LOAD64(v->packets);
+	rec.v.bytes = XT_LOAD64(v->bytes);
+	rec.v.ecn_ce = XT_LOAD64(v->ecn_ce);
+	rec.v.cnp = XT_LOAD64(v->cnp);
+	rec.v.fragments = XT_LOAD64(v->fragments);
+	rec.v.op_send = XT_LOAD64(v->op_send);
+	rec.v.op_write = XT_LOAD64(v->op_write);
+	rec.v.op_read_req = XT_LOAD64(v->op_read_req);
+	rec.v.op_read_resp = XT_LOAD64(v->op_read_resp);
+	rec.v.op_ack = XT_LOAD64(v->op_ack);
+	rec.v.op_atomic = XT_LOAD64(v->op_atomic);
+	rec.v.op_other = XT_LOAD64(v->op_other);
+	bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
+	return 0;
+}
+#endif

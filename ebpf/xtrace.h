@@ -84,6 +84,18 @@ struct flow_value {
 };
 
 /*
+ * What xtrace_read_flows writes per flow for user space: the key, then the
+ * counters, each read with one 8-byte load.
+ */
+struct flow_record {
+	struct flow_key key;
+	struct flow_value v;
+};
+/* No padding: user space (maps.IterReader) reads key_size + 8 x counters per record. */
+_Static_assert(sizeof(struct flow_record) == sizeof(struct flow_key) + sizeof(struct flow_value),
+	       "struct flow_record must be its key then its counters");
+
+/*
  * Per-CPU packet accounting. Exactly, for every CPU:
  *   seen = counted + filtered + truncated + overflowed
  * and the same for the *_bytes fields. `counted` packets are in the flow

@@ -327,21 +327,47 @@ def check_kvm() -> None:
     os.close(fd)
 
 
+def default_accel() -> str:
+    """kvm where /dev/kvm can run a stock kernel; tcg on kvm_pvm (these development VMs: see
+    the module's docstring) or without /dev/kvm."""
+    if Path("/sys/module/kvm_pvm").exists():
+        return "tcg"
+    try:
+        check_kvm()
+    except HarnessError:
+        return "tcg"
+    return "kvm"
+
+
+def accel_args(accel: str) -> list[str]:
+    """qemu's accelerator and CPU model. kvm: the host's CPU less what kvm_pvm cannot emulate;
+    tcg: qemu's full emulation (no /dev/kvm needed; slow, for light workloads only)."""
+    if accel == "kvm":
+        check_kvm()
+        return ["-accel", "kvm", "-cpu", "host,-arch-capabilities,-cx16,-xsave,-xsaveopt,-xsavec,-xsaves,-pcid,-invpcid"]
+    if accel == "tcg":
+        # No AVX2: numpy dispatches its sorts to AVX2 kernels that this qemu emulates wrongly
+        # (np.argsort misorders; measured with qemu 7.2 of Debian 12).
+        return ["-accel", "tcg,thread=multi,tb-size=256", "-cpu", "max,-avx2,-avx512f"]
+    raise HarnessError(f"unknown accelerator {accel!r} (kvm or tcg)")
+
+
 def boot(tree: KernelTree, job: str, log: Path, smp: int = 2, mem_mb: int = 3072,
-         timeout: float = BOOT_TIMEOUT, echo: bool = False) -> tuple[int, str]:
+         timeout: float = BOOT_TIMEOUT, echo: bool = False, accel: str = "kvm") -> tuple[int, str]:
     """Boot `tree` and run the shell text `job` in it. Returns (job's exit status, console text)."""
-    check_kvm()
+    accel_cmd = accel_args(accel)
     if not tree.vmlinuz.exists():
         raise HarnessError(f"no kernel image {tree.vmlinuz}")
     log.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="xtrace-guest-") as tmp:
         initrd = Path(tmp) / "initrd.cpio"
         build_initramfs(tree, job, initrd)
-        cmd = [QEMU, "-accel", "kvm", "-cpu", "host,-arch-capabilities,-cx16,-xsave,-xsaveopt,-xsavec,-xsaves,-pcid,-invpcid", "-smp", str(smp), "-m", str(mem_mb),
+        cmd = [QEMU, *accel_cmd, "-machine", "q35", "-smp", str(smp), "-m", str(mem_mb),
                "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-nic", "none",
                "-serial", "stdio", "-monitor", "none",
                "-kernel", str(vmlinux(tree)), "-initrd", str(initrd),
-               "-append", "console=ttyS0 panic=-1 loglevel=3 random.trust_cpu=on noxsave rdinit=/init",
+               "-append", "console=ttyS0 panic=-1 loglevel=3 random.trust_cpu=on rdinit=/init"
+               + (" noxsave" if accel == "kvm" else ""),
                "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"]
         with log.open("w") as fh:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -413,7 +439,7 @@ def line_for(version: str, counts: dict[str, int], note: str = "") -> str:
     return s
 
 
-def test_kernel(k: Kernel, extra: list[str], echo: bool) -> tuple[bool, str]:
+def test_kernel(k: Kernel, extra: list[str], echo: bool, accel: str = "kvm") -> tuple[bool, str]:
     """Run the subset on one kernel. Returns (passed, the summary line)."""
     job = f"cd {shlex.quote(str(REPO))} && {shlex.join(pytest_cmd(extra))}\n"
     started = time.monotonic()
@@ -432,7 +458,7 @@ def test_kernel(k: Kernel, extra: list[str], echo: bool) -> tuple[bool, str]:
         else:
             tree = unpack(resolve_package(k.source[4:]))
         log = LOG_DIR / f"{k.name}.log"
-        rc, text = boot(tree, job, log, echo=echo)
+        rc, text = boot(tree, job, log, echo=echo, accel=accel)
         version, note = tree.version, ""
     counts = summary(text)
     line = line_for(version, counts, note)
@@ -471,11 +497,15 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--echo", action="store_true", help="show the guests' consoles")
     t.add_argument("--update-readme", action="store_true",
                    help="write the lines printed into the tested-kernels table of README.md and README_CN.md")
+    t.add_argument("--accel", default=os.environ.get("XTRACE_ACCEL", "kvm"), choices=("kvm", "tcg"),
+                   help="kvm (default) or tcg: qemu's emulation, where /dev/kvm cannot run stock kernels")
     t.add_argument("pytest_args", nargs="*", help="more pytest arguments (e.g. -k NAME)")
     r = sub.add_parser("run", help="boot one kernel and run a command from the checkout in it")
     r.add_argument("--kernel", required=True)
     r.add_argument("--smp", type=int, default=2)
     r.add_argument("--mem", type=int, default=3072, help="guest memory in MiB")
+    r.add_argument("--accel", default=os.environ.get("XTRACE_ACCEL", "kvm"), choices=("kvm", "tcg"),
+                   help="kvm (default) or tcg: qemu's emulation, where /dev/kvm cannot run stock kernels")
     r.add_argument("command", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv if argv is not None else sys.argv[1:] or ["test"])
     try:
@@ -490,18 +520,19 @@ def main(argv: list[str] | None = None) -> int:
                 raise HarnessError("the host's kernel image is not on disk: it cannot be booted")
             cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
             job = f"cd {shlex.quote(str(REPO))} && {shlex.join(cmd or ['true'])}\n"
-            rc, _ = boot(tree, job, LOG_DIR / f"{k.name}-run.log", smp=args.smp, mem_mb=args.mem, echo=True)
+            rc, _ = boot(tree, job, LOG_DIR / f"{k.name}-run.log", smp=args.smp, mem_mb=args.mem, echo=True,
+                           accel=args.accel)
             return rc
         names = [n for n in (args.kernels or "").split(",") if n] or list(by_name)
         unknown = [n for n in names if n not in by_name]
         if unknown:
             raise HarnessError(f"unknown kernel(s) {', '.join(unknown)}; tests/kernels.txt has {', '.join(by_name)}")
-        if any(by_name[n].source != "host" or host_tree() for n in names):
+        if args.accel == "kvm" and any(by_name[n].source != "host" or host_tree() for n in names):
             check_kvm()
         results, lines = [], []
         for n in names:
             try:
-                ok, line = test_kernel(by_name[n], args.pytest_args, args.echo)
+                ok, line = test_kernel(by_name[n], args.pytest_args, args.echo, args.accel)
             except HarnessError as exc:
                 ok, line = False, f"kernel {n}: error: {str(exc).splitlines()[0]}"
                 print(line, flush=True)

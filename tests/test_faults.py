@@ -25,6 +25,7 @@ import json
 import re
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections import defaultdict
@@ -476,6 +477,8 @@ def test_cli_max_flows_full_says_so_everywhere(pair: VethPair) -> None:
         lines = body.splitlines()
         assert f"xtrace_agent_map_full{{{common}}} 1" in lines
         assert f"xtrace_agent_map_capacity{{{common}}} {cap}" in lines
+        mem = [int(ln.split()[-1]) for ln in lines if ln.startswith(f"xtrace_agent_map_memory_bytes{{{common}}} ")]
+        assert len(mem) == 1 and cap * (48 + 96) <= mem[0] < cap * (48 + 96 + 200), mem
         assert f"xtrace_agent_flows_tracked{{{common}}} {cap}" in lines
         assert f"xtrace_agent_packets_counted_total{{{common}}} {cap}" in lines
         ovf = [ln for ln in lines if ln.startswith('xtrace_network_packets_total{src_ip="overflow"')]
@@ -501,9 +504,17 @@ def test_json_summary_reports_overflow(pair: VethPair) -> None:
         assert a.wait_stderr("xtrace-catch: ") == attached_line(pair, "tc")
         send_frames(pair.peer_ns, pair.peer_if, frames)
         wait_seen(pair.ns, pair.ifname, n)
+        # What bpftool says of the running agent's flow map (maps are not per namespace).
+        shown = json.loads(subprocess.run(["bpftool", "-j", "map", "show"], capture_output=True, text=True,
+                                          check=True).stdout)
+        memlock = {m["bytes_memlock"] for m in shown if m.get("name") == "flows" and m["max_entries"] == cap}
         assert a.stop() == 0
     recs = a.records()
     su = check_accounting(recs, pair.ifname)
+    # The summary names the flow map's kernel memory, as bpftool does: one shared value per flow
+    # (key 48 + value 96 bytes + the kernel's element header), not one per CPU.
+    assert {s["map_memory_bytes"] for s in su} <= memlock, (su[-1]["map_memory_bytes"], memlock)
+    assert cap * (48 + 96) <= su[-1]["map_memory_bytes"] < cap * (48 + 96 + 200)
     assert su[-1]["packets_overflowed_total"] == n - cap == sum(s["packets_overflowed"] for s in su)
     assert sum(s["bytes_overflowed"] for s in su) == (n - cap) * len(frames[0])
     assert max(s["tracked_flows"] for s in su) == cap and su[-1]["map_capacity"] == cap

@@ -60,6 +60,8 @@ MIN_VERSION = (1, 1)
 BPF_ANY = 0
 BPF_NOEXIST = 1
 BPF_EXIST = 2
+BPF_F_LOCK = 4  # element flag: copy a value under its bpf_spin_lock
+BPF_TRACE_ITER = 28  # attach type of a bpf_iter program
 BPF_PROG_TYPE_SCHED_CLS = 3
 BPF_PROG_TYPE_XDP = 6
 # enum bpf_attach_type values we attach with (uapi linux/bpf.h)
@@ -105,12 +107,12 @@ class MapBatchOpts(Structure):
 
 
 class LinkCreateOpts(Structure):
-    """The head of struct bpf_link_create_opts (libbpf bpf.h): sz, flags, then the union whose
-    tcx member (libbpf >= 1.3) is relative_fd, relative_id, expected_revision. `sz` covers only
-    these fields, which libbpf accepts from any caller built against an older header."""
+    """The head of struct bpf_link_create_opts (libbpf bpf.h, the same since 0.3): sz, flags,
+    iter_info, iter_info_len, target_btf_id. The per-hook union follows (TCX's relative_fd etc.);
+    we leave it zero, so `sz` covers only this head, which every libbpf accepts."""
 
-    _fields_ = [("sz", c_size_t), ("flags", c_uint32), ("_pad", c_uint32), ("relative_fd", c_uint32),
-                ("relative_id", c_uint32), ("expected_revision", c_uint64)]
+    _fields_ = [("sz", c_size_t), ("flags", c_uint32), ("_pad", c_uint32), ("iter_info", c_void_p),
+                ("iter_info_len", c_uint32), ("target_btf_id", c_uint32)]
 
 
 class ProgQueryOpts(Structure):
@@ -265,6 +267,8 @@ class Libbpf:
             "bpf_program__fd": ([c_void_p], c_int),
             "bpf_program__name": ([c_void_p], c_char_p),
             "bpf_map_lookup_elem": ([c_int, c_void_p, c_void_p], c_int),
+            "bpf_map_lookup_elem_flags": ([c_int, c_void_p, c_void_p, c_uint64], c_int),
+            "bpf_map_lookup_and_delete_elem_flags": ([c_int, c_void_p, c_void_p, c_uint64], c_int),
             "bpf_map_update_elem": ([c_int, c_void_p, c_void_p, c_uint64], c_int),
             "bpf_map_delete_elem": ([c_int, c_void_p], c_int),
             "bpf_map_lookup_and_delete_elem": ([c_int, c_void_p, c_void_p], c_int),
@@ -283,6 +287,7 @@ class Libbpf:
             "bpf_prog_get_fd_by_id": ([c_uint32], c_int),
             "bpf_obj_get_info_by_fd": ([c_int, c_void_p, POINTER(c_uint32)], c_int),
             "bpf_link_create": ([c_int, c_int, c_int, POINTER(LinkCreateOpts)], c_int),
+            "bpf_iter_create": ([c_int], c_int),
             "bpf_prog_query_opts": ([c_int, c_int, POINTER(ProgQueryOpts)], c_int),
         }
         for name, (argtypes, restype) in sigs.items():
@@ -358,10 +363,11 @@ class Libbpf:
 
     # -- maps --------------------------------------------------------------
 
-    def map_lookup(self, fd: int, key: bytes, value_len: int) -> bytes | None:
-        """One element, or None when the key is absent."""
+    def map_lookup(self, fd: int, key: bytes, value_len: int, flags: int = 0) -> bytes | None:
+        """One element, or None when the key is absent. `flags`: BPF_F_LOCK copies under the
+        value's spin lock."""
         buf = ctypes.create_string_buffer(value_len)
-        ret = self._lib.bpf_map_lookup_elem(fd, key, buf)
+        ret = self._lib.bpf_map_lookup_elem_flags(fd, key, buf, flags)
         if ret == -errno.ENOENT:
             return None
         self.check_int(ret, "bpf_map_lookup_elem", MapError)
@@ -378,11 +384,11 @@ class Libbpf:
         self.check_int(ret, "bpf_map_delete_elem", MapError)
         return True
 
-    def map_lookup_and_delete(self, fd: int, key: bytes, value_len: int) -> bytes | None:
-        """Atomically read and delete one element (hash maps: Linux >= 5.14).
-        None when the key is absent; MapError (EINVAL/ENOTSUPP) where unsupported."""
+    def map_lookup_and_delete(self, fd: int, key: bytes, value_len: int, flags: int = 0) -> bytes | None:
+        """Atomically read and delete one element (hash maps: Linux >= 5.14, as is BPF_F_LOCK in
+        `flags`). None when the key is absent; MapError (EINVAL/ENOTSUPP) where unsupported."""
         buf = ctypes.create_string_buffer(value_len)
-        ret = self._lib.bpf_map_lookup_and_delete_elem(fd, key, buf)
+        ret = self._lib.bpf_map_lookup_and_delete_elem_flags(fd, key, buf, flags)
         if ret == -errno.ENOENT:
             return None
         self.check_int(ret, "bpf_map_lookup_and_delete_elem", MapError)
@@ -398,12 +404,12 @@ class Libbpf:
 
     def map_lookup_batch(
         self, fd: int, in_batch: c_void_p | None, out_batch: ctypes.Array[ctypes.c_char],
-        keys: ctypes.Array[ctypes.c_char], values: ctypes.Array[ctypes.c_char], count: int,
+        keys: ctypes.Array[ctypes.c_char], values: ctypes.Array[ctypes.c_char], count: int, elem_flags: int = 0,
     ) -> tuple[int, bool]:
         """One batch call. Returns (elements read, reached the end). ENOSPC raises MapError
         with errno ENOSPC so the caller can grow its batch."""
         cnt = c_uint32(count)
-        opts = MapBatchOpts(sz=ctypes.sizeof(MapBatchOpts))
+        opts = MapBatchOpts(sz=ctypes.sizeof(MapBatchOpts), elem_flags=elem_flags)
         ret = self._lib.bpf_map_lookup_batch(fd, in_batch, out_batch, keys, values, ctypes.byref(cnt), ctypes.byref(opts))
         if ret == -errno.ENOENT:
             return cnt.value, True
@@ -479,6 +485,19 @@ class Libbpf:
         opts = LinkCreateOpts(sz=ctypes.sizeof(LinkCreateOpts), flags=flags)
         fd = self._lib.bpf_link_create(prog_fd, target, attach_type, ctypes.byref(opts))
         return self.check_int(fd, "bpf_link_create")
+
+    def map_iter_link(self, prog_fd: int, map_fd: int) -> int:
+        """A link of a bpf_iter program (SEC("iter/bpf_map_elem")) over one map (Linux >= 5.9).
+        Returns its fd; each :meth:`iter_create` on it starts a walk of the map."""
+        map_info = (c_uint32 * 4)(map_fd)  # union bpf_iter_link_info: .map.map_fd first
+        opts = LinkCreateOpts(sz=ctypes.sizeof(LinkCreateOpts), iter_info=ctypes.addressof(map_info),
+                              iter_info_len=4)
+        return self.check_int(self._lib.bpf_link_create(prog_fd, 0, BPF_TRACE_ITER, ctypes.byref(opts)),
+                              "bpf_link_create(iter)")
+
+    def iter_create(self, link_fd: int) -> int:
+        """An fd whose read() yields what the iterator program writes, from the map's start."""
+        return self.check_int(self._lib.bpf_iter_create(link_fd), "bpf_iter_create")
 
     def prog_query(self, target: int, attach_type: int) -> list[int]:
         """Ids of the programs attached at a hook (for TCX: target is an ifindex). [] where the

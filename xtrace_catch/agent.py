@@ -18,7 +18,7 @@ import numpy as np
 from . import _libbpf, attach, output
 from .bypass import BypassPort, BypassTracker, kernel_roce_bytes, resolve_port
 from .caps import check_bpf_privileges
-from .collector import Collector, Interval
+from .collector import Collector, FlowMapInfo, Interval
 from .metrics import Batch, MetricsConfig, SeriesTable, render_text
 from .datapath import PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, Datapath, DatapathConfig, default_dns_servers
 from .layout import Direction, LinkType
@@ -57,9 +57,9 @@ def host_ip_for(iface: attach.Interface | None) -> str:
 class Emitter:
     """Writes intervals as text or JSON lines, or redraws the live table."""
 
-    def __init__(self, settings: Settings, iface: str, host_ip: str, capacity: int, out: TextIO,
+    def __init__(self, settings: Settings, iface: str, host_ip: str, fmap: FlowMapInfo, out: TextIO,
                  notify: Notify | None = None, export: Export | None = None) -> None:
-        self.s, self.iface, self.host_ip, self.capacity, self.out = settings, iface, host_ip, capacity, out
+        self.s, self.iface, self.host_ip, self.fmap, self.out = settings, iface, host_ip, fmap, out
         self.export = export
         self.live: LiveView | None = None
         if settings.output is Output.TABLE:
@@ -89,9 +89,9 @@ class Emitter:
 
             rows = output.decode_flows(iv.keys, iv.delta, iv.totals)
             self.live.update(ViewState(interface=self.iface, mode=self.mode_desc, iv=iv, rows=rows,
-                                       capacity=self.capacity, export=self._export_status(), bypass=bp))
+                                       capacity=self.fmap.capacity, export=self._export_status(), bypass=bp))
             return
-        summ = output.summary(iv, self.iface, self.capacity)
+        summ = output.summary(iv, self.iface, self.fmap)
         for chunk in self.writer.chunks(iv):  # a big interval goes out in slices, never whole in memory
             self.out.write("\n".join(chunk) + "\n")
         tail: list[str] = []
@@ -142,8 +142,11 @@ def run(settings: Settings, out: TextIO = sys.stdout, err: TextIO = sys.stderr) 
             log.info("excluding DNS: port 53 and %d server addresses", len(servers))
         with Watch(settings, dp, iface, notify) as watch:
             collector = Collector(dp, idle_timeout=settings.idle_timeout_s)
-            export = Export(settings, iface.name, host_ip, collector) if settings.export.any else None
-            emitter = Emitter(settings, iface.name, host_ip, settings.max_flows, out, notify, export)
+            fmap = dp.flow_map_info()
+            log.info("flow map: %d flows, %d bytes of kernel memory, read by %s", fmap.capacity, fmap.memory_bytes,
+                     fmap.reads)
+            export = Export(settings, iface.name, host_ip, collector, fmap) if settings.export.any else None
+            emitter = Emitter(settings, iface.name, host_ip, fmap, out, notify, export)
             tracker = _bypass_tracker(settings, iface.name, notify)
             extra = {"interface": iface.name, "host_ip": host_ip, "collect_agg": settings.export.collect_agg}
 
@@ -238,9 +241,11 @@ class Watch:
 class Export:
     """Metric series for push and pull, fed once per interval."""
 
-    def __init__(self, settings: Settings, iface: str, host_ip: str, collector: Collector | None = None) -> None:
+    def __init__(self, settings: Settings, iface: str, host_ip: str, collector: Collector | None = None,
+                 fmap: FlowMapInfo | None = None) -> None:
         x = settings.export
         self.settings, self.collector = settings, collector
+        self.fmap = fmap or FlowMapInfo(capacity=settings.max_flows)
         self.labels = {"interface": iface, "host_ip": host_ip, "collect_agg": x.collect_agg}
         self.table = SeriesTable(MetricsConfig(interface=iface, host_ip=host_ip, collect_agg=x.collect_agg,
                                                max_series=x.max_series, drop_ephemeral_ports=x.drop_ephemeral_ports))
@@ -312,7 +317,9 @@ class Export:
         assert self.collector is not None
         h: list[Sample] = [
             ("xtrace_agent_flows_tracked", "gauge", "Flows in the kernel map.", L, iv.flows_tracked),
-            ("xtrace_agent_map_capacity", "gauge", "Capacity of the kernel flow map.", L, self.settings.max_flows),
+            ("xtrace_agent_map_capacity", "gauge", "Capacity of the kernel flow map.", L, self.fmap.capacity),
+            ("xtrace_agent_map_memory_bytes", "gauge", "Kernel memory of the flow map (bpftool's memlock).", L,
+             self.fmap.memory_bytes),
             ("xtrace_agent_map_full", "gauge", "1 when packets overflowed the flow map in the last interval.", L,
              1 if iv.stats_delta["overflowed"] else 0),
             ("xtrace_agent_packets_seen_total", "counter", "Packets the programs saw.", L, st["seen"]),

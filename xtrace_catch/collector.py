@@ -26,7 +26,7 @@ import numpy as np
 from .layout import FLOW_KEY, FLOW_VALUE, STATS_FIELDS, VALUE_FIELDS
 from .maps import BpfMap, CounterReader
 
-__all__ = ["Collector", "Interval", "FlowSource", "V", "key_hash", "key_bytes"]
+__all__ = ["Collector", "Interval", "FlowSource", "FlowMapInfo", "V", "key_hash", "key_bytes"]
 
 NV = len(VALUE_FIELDS)
 V = {name: i for i, name in enumerate(VALUE_FIELDS)}  # column of each counter
@@ -47,6 +47,15 @@ def key_hash(keys: np.ndarray) -> np.ndarray:
         h *= _MIX[j]
         h ^= np.right_shift(h, np.uint64(32), out=high)
     return h
+
+
+@dataclass(frozen=True)
+class FlowMapInfo:
+    """What the summary record and /metrics say of the kernel flow map."""
+
+    capacity: int
+    memory_bytes: int = 0  # kernel memory (BpfMap.kernel_memory); 0 when unknown
+    reads: str = ""  # "iterator" (the map iterator) or "batch" (batch lookups)
 
 
 class FlowSource(Protocol):
@@ -117,6 +126,19 @@ def key_bytes(keys: np.ndarray) -> list[bytes]:
     if not len(keys):
         return []
     return np.ascontiguousarray(keys).view(f"V{keys.dtype.itemsize}").reshape(-1).tolist()
+
+
+def _merge_repeats(ks: np.ndarray, kv: np.ndarray, order: np.ndarray, same: np.ndarray) -> np.ndarray:
+    """A map iterator that resumed in a bucket where a flow had just been inserted yields a flow
+    twice (maps.IterReader). Rows `order[i]`, `order[i + 1]` (i in `same`) share a hash: where the
+    keys are equal too, keep one row with the later (larger) counters. Returns the new order."""
+    drop = []
+    for i in same.tolist():
+        a, b = order[i], order[i + 1]
+        if ks[a] == ks[b]:
+            np.maximum(kv[a], kv[b], out=kv[b])
+            drop.append(i)
+    return np.delete(order, drop) if drop else order
 
 
 class Collector:
@@ -196,9 +218,12 @@ class Collector:
         ovf_u = np.ascontiguousarray(ovf).view("<u8").reshape(ovf.shape[0], ovf.shape[1], NV)
         now = self._clock.monotonic()
 
-        n = len(ks_read)
         h_read = key_hash(ks_read)
         order = np.argsort(h_read)
+        same = np.flatnonzero(h_read[order[1:]] == h_read[order[:-1]])
+        if len(same):
+            order = _merge_repeats(ks_read, kv_read, order, same)
+        n = len(order)
         # mode="clip": in the default mode numpy writes `out` through a temporary copy.
         h = np.take(h_read, order, out=self._next_hash.next(n), mode="clip")
         kv = np.take(kv_read, order, axis=0, out=self._next_kvals.next(n), mode="clip")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,10 @@ from types import TracebackType
 
 import numpy as np
 
+from . import _libbpf
 from .btf import Btf
-from .errors import ObjectError, UsageError
+from .collector import FlowMapInfo
+from .errors import LibbpfError, LoadError, ObjectError, UsageError
 from .layout import (
     DEFAULT_FLOWS,
     DNS_SERVERS_MAX,
@@ -50,7 +53,8 @@ OBJECT_PATH = Path(__file__).resolve().parent / "bpf" / "xtrace.bpf.o"
 PROG_XDP = "xtrace_xdp"
 PROG_TC_INGRESS = "xtrace_tc_ingress"
 PROG_TC_EGRESS = "xtrace_tc_egress"
-ALL_PROGRAMS = frozenset({PROG_XDP, PROG_TC_INGRESS, PROG_TC_EGRESS})
+ALL_PROGRAMS = frozenset({PROG_XDP, PROG_TC_INGRESS, PROG_TC_EGRESS})  # the hook programs
+PROG_READ_FLOWS = "xtrace_read_flows"  # the flow map's iterator, always loaded
 
 # Well-known public resolvers (Google, Cloudflare, Quad9, OpenDNS), added to the
 # host's resolv.conf nameservers for --exclude-dns. Only matched against, never contacted.
@@ -130,16 +134,32 @@ class Datapath:
         check_layout(btf)
         self._rodata = btf.datasec(".rodata")
         self.obj = BpfObject(data, str(path))
+        self._iter_link: int | None = None
         try:
+            use_iter = _iterator_loads(data, str(path))
             self._configure()
+            self.obj.set_autoload(PROG_READ_FLOWS, use_iter)
             self.obj.load()
             self.flows = self.obj.map("flows", key_dtype=FLOW_KEY, value_dtype=FLOW_VALUE)
+            self.flow_reads = "batch"
+            if use_iter:
+                self._link_iterator()
             self.overflow = self.obj.map("overflow", value_dtype=FLOW_VALUE)
             self.stats = self.obj.map("stats", value_dtype=STATS)
             self.dns_servers = self.obj.map("dns_servers")
         except BaseException:
-            self.obj.close()
+            self.close()
             raise
+
+    def _link_iterator(self) -> None:
+        """Every interval's read goes through the map iterator: no counter torn (maps.IterReader)."""
+        try:
+            self._iter_link = _libbpf.get().map_iter_link(self.obj.prog_fd(PROG_READ_FLOWS), self.flows.fd)
+        except LibbpfError as exc:
+            log.info("the kernel refused to link the flow-map iterator (%s): reading with batch lookups", exc)
+            return
+        self.flows.iter_link_fd = self._iter_link
+        self.flow_reads = "iterator"
 
     def _configure(self) -> None:
         c = self.config
@@ -157,6 +177,10 @@ class Datapath:
         return self.obj.prog_fd(name)
 
     # -- maps ------------------------------------------------------------------
+
+    def flow_map_info(self) -> FlowMapInfo:
+        return FlowMapInfo(capacity=self.flows.info.max_entries, memory_bytes=self.flows.kernel_memory(),
+                           reads=self.flow_reads)
 
     def set_dns_servers(self, addrs: Iterable[str]) -> list[str]:
         """Fill the DNS-server map (replacing nothing: call once after load). Returns what went in."""
@@ -197,6 +221,9 @@ class Datapath:
         return _sum_cpus(np.stack(rows), FLOW_VALUE).reshape(2, TYPE_SLOTS)
 
     def close(self) -> None:
+        link, self._iter_link = getattr(self, "_iter_link", None), None
+        if link is not None:
+            os.close(link)
         self.obj.close()
 
     def __enter__(self) -> Datapath:
@@ -204,6 +231,35 @@ class Datapath:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+_ITERATOR_LOADS: bool | None = None
+
+
+def _iterator_loads(data: bytes, name: str) -> bool:
+    """Whether this kernel loads xtrace_read_flows (a tracing program: Linux >= 5.9, and no LSM
+    policy refusing tracing programs, as on the Firecracker kernels we develop on: EPERM). Tried
+    once per process, alone, with a one-entry flow map. Without it, reads are batch lookups,
+    whose memcpy can tear a counter another CPU is adding to (rare; seen on 6.1 under TCG)."""
+    global _ITERATOR_LOADS
+    if _ITERATOR_LOADS is None:
+        quiet = logging.getLogger("xtrace_catch.libbpf")  # a refusal here is handled, not news
+        level = quiet.level
+        quiet.setLevel(max(level, logging.ERROR))
+        with BpfObject(data, f"{name} (iterator probe)") as probe:
+            for prog in ALL_PROGRAMS:
+                probe.set_autoload(prog, False)
+            probe.set_max_entries("flows", 1)
+            try:
+                probe.load()
+                _ITERATOR_LOADS = True
+            except LoadError as exc:
+                log.info("the kernel refused the flow-map iterator (%s): reading with batch lookups, whose copy "
+                         "can tear a counter being added to", str(exc).split(";")[0])
+                _ITERATOR_LOADS = False
+            finally:
+                quiet.setLevel(level)
+    return _ITERATOR_LOADS
 
 
 def _sum_cpus(vals: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,7 @@ import numpy as np
 from . import _libbpf
 from .errors import MapError
 
-__all__ = ["BpfMap", "CounterReader", "MapInfo", "PERCPU_TYPES"]
+__all__ = ["BpfMap", "CounterReader", "IterReader", "MapInfo", "PERCPU_TYPES"]
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,13 @@ class MapInfo:
 class BpfMap:
     """A loaded map. It does not own its fd (the object does)."""
 
-    def __init__(self, info: MapInfo, value_dtype: np.dtype | None = None, key_dtype: np.dtype | None = None):
+    def __init__(self, info: MapInfo, value_dtype: np.dtype | None = None, key_dtype: np.dtype | None = None,
+                 elem_flags: int = 0):
         self.lib = _libbpf.get()
         self.info = info
+        # BPF_F_LOCK for a map whose values hold a bpf_spin_lock (bench/variants.py's "locked"):
+        # every read then copies under it.
+        self.elem_flags = elem_flags
         self.fd = info.fd
         self.percpu = info.map_type in PERCPU_TYPES
         self.ncpus = self.lib.ncpus if self.percpu else 1
@@ -57,6 +62,7 @@ class BpfMap:
                                      "formats": [self.value_dtype.fields[n][0] for n in self.value_dtype.names or ()],
                                      "offsets": [self.value_dtype.fields[n][1] for n in self.value_dtype.names or ()],
                                      "itemsize": self.slot}) if self.value_dtype.names else np.dtype((np.void, self.slot))
+        self.iter_link_fd: int | None = None  # set by the owner: reads go through that map iterator
         self.batch_supported: bool | None = None
         self.take_supported: bool | None = None
         self._counter_readers: dict[int, CounterReader] = {}
@@ -64,11 +70,24 @@ class BpfMap:
     def __repr__(self) -> str:
         return f"BpfMap({self.info.name!r}, fd={self.fd}, max_entries={self.info.max_entries})"
 
+    def kernel_memory(self) -> int:
+        """The map's kernel memory in bytes, as the kernel reports it (``memlock`` in the fd's
+        fdinfo, what ``bpftool map show`` prints): its actual use since Linux 6.4, an estimate
+        from key, value and entry sizes (times CPUs for per-CPU maps) before. 0 if unreadable."""
+        try:
+            with open(f"/proc/self/fdinfo/{self.fd}") as fh:
+                for line in fh:
+                    if line.startswith("memlock:"):
+                        return int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+        return 0
+
     # -- single elements -------------------------------------------------
 
     def lookup(self, key: bytes) -> np.ndarray | None:
         """The value for `key` (per-CPU: an array of ncpus records), or None."""
-        raw = self.lib.map_lookup(self.fd, key, self.value_len)
+        raw = self.lib.map_lookup(self.fd, key, self.value_len, self.elem_flags)
         if raw is None:
             return None
         return np.frombuffer(raw, dtype=self._slot_dtype)
@@ -114,7 +133,11 @@ class BpfMap:
         width, so every collector of the map reuses the same buffers, sized by the largest read."""
         reader = self._counter_readers.get(fields)
         if reader is None:
-            reader = self._counter_readers[fields] = CounterReader(self, fields)
+            if self.iter_link_fd is not None:
+                reader = IterReader(self, self.iter_link_fd, fields)
+            else:
+                reader = CounterReader(self, fields)
+            self._counter_readers[fields] = reader
         return reader
 
     def _views(self, kbuf: bytes, vbuf: bytes, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -135,7 +158,8 @@ class BpfMap:
             vbuf = ctypes.create_string_buffer(count * self.value_len)
             try:
                 n, done = self.lib.map_lookup_batch(
-                    self.fd, None if first else ctypes.cast(token_in, ctypes.c_void_p), token_out, kbuf, vbuf, count
+                    self.fd, None if first else ctypes.cast(token_in, ctypes.c_void_p), token_out, kbuf, vbuf, count,
+                    self.elem_flags,
                 )
             except MapError as exc:
                 if exc.errno == errno.ENOSPC:  # one hash bucket holds more than `count`
@@ -157,7 +181,7 @@ class BpfMap:
     def _read_per_key(self) -> tuple[np.ndarray, np.ndarray]:
         kparts, vparts = [], []
         for key in self.keys():
-            raw = self.lib.map_lookup(self.fd, key, self.value_len)
+            raw = self.lib.map_lookup(self.fd, key, self.value_len, self.elem_flags)
             if raw is None:  # deleted meanwhile
                 continue
             kparts.append(key)
@@ -170,7 +194,7 @@ class BpfMap:
         landing in between is then missed) where the kernel lacks the atomic form."""
         if self.take_supported is not False:
             try:
-                raw = self.lib.map_lookup_and_delete(self.fd, key, self.value_len)
+                raw = self.lib.map_lookup_and_delete(self.fd, key, self.value_len, self.elem_flags)
                 self.take_supported = True
                 return None if raw is None else np.frombuffer(raw, dtype=self._slot_dtype)
             except MapError as exc:
@@ -277,7 +301,7 @@ class CounterReader:
                 n, done = m.lib.map_lookup_batch(
                     m.fd, None if first else ctypes.cast(self._token_in, ctypes.c_void_p), self._token_out,
                     ctypes.c_void_p(self._keys.ctypes.data + got * ksz),  # type: ignore[arg-type]
-                    ctypes.c_void_p(self._chunk.ctypes.data), self.count,  # type: ignore[arg-type]
+                    ctypes.c_void_p(self._chunk.ctypes.data), self.count, m.elem_flags,  # type: ignore[arg-type]
                 )
             except MapError as exc:
                 if exc.errno == errno.ENOSPC:  # one hash bucket holds more than `count`
@@ -293,3 +317,46 @@ class CounterReader:
                 return got
             ctypes.memmove(self._token_in, self._token_out, len(self._token_out))
             first = False
+
+
+class IterReader:
+    """Whole-map reads through a map iterator (xtrace_read_flows): records of the key then u64
+    counters, each counter read in the kernel with one 8-byte load. A syscall copy of a shared
+    (non-per-CPU) value is a memcpy that can tear a counter another CPU is adding to; this
+    cannot. Same interface as :class:`CounterReader`. A walk that resumes in a bucket where a
+    flow was just inserted can yield a flow twice (the collector merges such pairs)."""
+
+    def __init__(self, m: BpfMap, link_fd: int, fields: int) -> None:
+        self.m = m
+        self.link_fd = link_fd
+        self.fields = fields
+        self.rec = m.info.key_size + fields * 8
+        self._buf = np.empty(0, dtype=np.uint8)
+
+    @property
+    def nbytes(self) -> int:
+        return self._buf.nbytes
+
+    def read(self) -> tuple[np.ndarray, np.ndarray]:
+        fd = self.m.lib.iter_create(self.link_fd)
+        got = 0
+        try:
+            while True:
+                if len(self._buf) - got < _BATCH_BYTES:
+                    grown = np.empty(max(2 * len(self._buf), got + 4 * _BATCH_BYTES), dtype=np.uint8)
+                    grown[:got] = self._buf[:got]
+                    self._buf = grown
+                n = os.readv(fd, [memoryview(self._buf)[got:]])
+                if n == 0:
+                    break
+                got += n
+        finally:
+            os.close(fd)
+        if got % self.rec:
+            raise MapError(f"{self.m.info.name}: the iterator wrote {got} bytes, not whole {self.rec}-byte records")
+        n = got // self.rec
+        ksz = self.m.info.key_size
+        rows = self._buf[:got].reshape(n, self.rec)
+        keys = np.ascontiguousarray(rows[:, :ksz]).view(f"S{ksz}").reshape(n)
+        sums = np.ascontiguousarray(rows[:, ksz:]).view("<u8").reshape(n, self.fields)
+        return keys, sums

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .collector import Interval, V
+from .collector import FlowMapInfo, Interval, V
 from .layout import Direction, TrafficType
 
 __all__ = ["FlowRow", "decode_flows", "text_line", "json_record", "LineWriter", "summary", "summary_text", "rfc3339",
@@ -244,7 +244,7 @@ class LineWriter:
         return out
 
 
-def summary(iv: Interval, interface: str, capacity: int) -> dict[str, Any]:
+def summary(iv: Interval, interface: str, fmap: FlowMapInfo) -> dict[str, Any]:
     """The interval summary record (`"record": "summary"`).
 
     The packet accounting comes from the kernel's per-CPU stats, read right after the flow
@@ -254,7 +254,7 @@ def summary(iv: Interval, interface: str, capacity: int) -> dict[str, Any]:
     return {
         "record": "summary", "timestamp": rfc3339(iv.time), "ifname": interface, "interval": iv.seq,
         "elapsed_s": round(iv.elapsed, 3), "active_flows": len(iv.keys), "tracked_flows": iv.flows_tracked,
-        "map_capacity": capacity, "evicted_flows": iv.evicted,
+        "map_capacity": fmap.capacity, "map_memory_bytes": fmap.memory_bytes, "map_reads": fmap.reads, "evicted_flows": iv.evicted,
         "packets_seen": s["seen"], "bytes_seen": s["seen_bytes"],
         "packets_counted": s["counted"], "bytes_counted": s["counted_bytes"],
         "packets_filtered": s["filtered"], "packets_truncated": s["truncated"],

@@ -1,0 +1,287 @@
+"""Many CPUs (Step 10): the flow map's kernel memory, the collector's and the agent's cost, and exactness, in
+guests with 2, 16, 64 and 128 vCPUs. ``make bench-cpus``, or ``.venv/bin/python bench/cpus.py [--cpus 2,128]``.
+
+Each guest boots Debian 12's kernel (tests/kernels.txt ``6.1``) through the Step 9 harness (tests/kvm.py)
+and runs ``bench/cpus.py guest`` from the checkout. Inside it:
+
+* **memory**: each flow-map variant of bench/variants.py loaded with 65,536 flows; the kernel's own
+  figure (fdinfo ``memlock``, what ``bpftool map show`` prints) for its flow maps;
+* **read**: one whole-map read of 10k and 65,536 filled flows through the collector's reader
+  (``CounterReader``: batch lookup and the per-CPU sum), CPU time of the thread, median of 5;
+* **agent**: ``xtrace-catch run -m tc`` on a veth in namespaces of the guest, 10k and then 65,536
+  flows sent every 5 s interval from the peer for 3 intervals; CPU per interval after attach
+  (rusage minus the CPU at attach, over the intervals), peak RSS (rusage ``ru_maxrss``), and
+  packets sent = packets counted (+ overflowed, if the map filled) from the last summary record.
+
+Guests run under KVM where /dev/kvm runs stock kernels; these development VMs' /dev/kvm is kvm_pvm,
+which cannot (docs: tests/kvm.py), so qemu's TCG emulation is used: every CPU time is then inflated
+by emulation alike in every guest, so compare guests by ratio, not by absolute time. Nothing is
+asserted; the table and the anomalies are printed and written to bench/results/cpus.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(BENCH))
+sys.path.insert(1, str(REPO / "tests"))
+
+MARK = "XTRACE-BENCH="
+INTERVAL_MS = 5000
+MEM_FLOWS = 65536
+DEFAULT_CPUS = (2, 16, 64, 128)
+DEFAULT_FLOWS = (10_000, 65_536)
+
+
+def _progress(msg: str) -> None:
+    print(f"[cpus] {msg}", file=sys.stderr, flush=True)
+
+
+# -- in the guest ---------------------------------------------------------------------------------
+
+
+def _variant_memory(paths: dict[str, Path]) -> dict[str, int]:
+    from variants import map_memory
+
+    from xtrace_catch.object import BpfObject
+
+    out = {}
+    for name, path in paths.items():
+        with BpfObject.from_file(path) as obj:
+            obj.set_max_entries("flows", MEM_FLOWS)
+            if name == "hot16":
+                obj.set_max_entries("flow_extras", MEM_FLOWS)
+            obj.load()
+            out[name] = map_memory(obj)
+    return out
+
+
+def _read_cost(paths: dict[str, Path], flows: int) -> dict[str, float]:
+    """CPU seconds of one whole-map read through CounterReader, by variant (median of 5)."""
+    import frames
+
+    from xtrace_catch.object import BpfObject
+
+    keys = frames.flow_keys(flows).tobytes()
+    out = {}
+    for name, path in paths.items():
+        with BpfObject.from_file(path) as obj:
+            obj.set_max_entries("flows", max(flows, 1024))
+            obj.load()
+            m = obj.map("flows")
+            fields = m.slot // 8 if name == "hot16" else 12
+            vals = (b"\x01" + bytes(7)) * (m.value_len // 8)  # every counter 1, on every CPU
+            for lo in range(0, flows, 4096):
+                n = min(4096, flows - lo)
+                m.update_batch(keys[lo * 48:(lo + n) * 48], vals * n, n)
+            reader = m.counter_reader(fields)
+            times = []
+            for _ in range(5):
+                t0 = time.thread_time()
+                k, s = reader.read()
+                times.append(time.thread_time() - t0)
+                if len(k) != flows:
+                    raise RuntimeError(f"{name}: read {len(k)} flows of {flows}")
+            out[name] = statistics.median(times)
+    return out
+
+
+def _agent(flows: int, intervals: int = 6, sending: int = 3) -> dict[str, object]:
+    """The agent on a veth with `flows` flows sent each interval for `sending` intervals."""
+    import frames
+    import netenv
+    from agent import GENERATOR
+
+    res: dict[str, object] = {"flows": flows}
+    with tempfile.TemporaryDirectory(prefix="xb-cpus-") as tmp, netenv.veth_pair("c") as pair:
+        frame_file = Path(tmp) / "frames.hex"
+        frame_file.write_text("\n".join(f.hex() for f in frames.many_ipv4_udp(flows)))
+        out_file = Path(tmp) / "agent.jsonl"
+        cmd = ["ip", "netns", "exec", pair.ns, *netenv.xtrace_cmd(), "run", "-i", pair.ifname, "-m", "tc",
+               "-d", "ingress", "-t", str(INTERVAL_MS), "--output", "json", "--count", str(intervals)]
+        env = {**os.environ, "XTRACE_STATE_DIR": tmp}
+        with out_file.open("w") as out:
+            agent = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True, env=env)
+            assert agent.stderr is not None
+            err: list[str] = []
+            attached = threading.Event()
+            at_attach: list[float] = []
+
+            def pump() -> None:
+                for line in agent.stderr:  # type: ignore[union-attr]
+                    err.append(line.rstrip())
+                    if "attached" in line and not attached.is_set():
+                        try:
+                            at_attach.append(netenv.cpu_seconds(agent.pid))
+                        except OSError:
+                            pass
+                        attached.set()
+
+            t = threading.Thread(target=pump, daemon=True)
+            t.start()
+            if not attached.wait(600):
+                agent.kill()
+                raise RuntimeError(f"agent did not attach: {err[-5:]}")
+            gen_cmd = [sys.executable, "-c", GENERATOR, pair.peer_if, str(frame_file), str(INTERVAL_MS / 1000),
+                       str(sending * INTERVAL_MS / 1000 - 0.5)]
+            gen = netenv.run_cmd(["ip", "netns", "exec", pair.peer_ns, *gen_cmd], timeout=900)
+            _pid, status, ru = os.wait4(agent.pid, 0)
+            agent.returncode = os.waitstatus_to_exitcode(status)
+            t.join(10)
+        recs = [json.loads(line) for line in out_file.read_text().splitlines()]
+    m = re.search(r"sent (\d+) frames", gen.stdout)
+    sent = int(m[1]) if m else -1
+    summaries = [r for r in recs if r.get("record") == "summary"]
+    flow_packets = sum(int(r["packets"]) for r in recs if r.get("record", "flow") == "flow")  # flow lines carry no "record" yet
+    last = summaries[-1] if summaries else {}
+    cpu = ru.ru_utime + ru.ru_stime - (at_attach[0] if at_attach else 0.0)
+    res.update({
+        "rc": agent.returncode, "sent": sent, "seen": last.get("packets_seen_total"),
+        "counted": last.get("packets_counted_total"), "overflowed": last.get("packets_overflowed_total"),
+        "flow_packets": flow_packets, "intervals": len(summaries),
+        "cpu_per_interval": cpu / max(1, len(summaries)), "peak_rss_mb": ru.ru_maxrss / 1024,
+        "map_memory_bytes": last.get("map_memory_bytes"), "stderr": err[-3:],
+    })
+    return res
+
+
+def guest(flow_counts: list[int], variant_dir: Path) -> dict[str, object]:
+    from xtrace_catch import _libbpf
+
+    paths = {p.stem.split("-")[1].split(".")[0]: p for p in sorted(variant_dir.glob("xtrace-*.bpf.o"))}
+    out: dict[str, object] = {"cpus": os.cpu_count(), "possible": _libbpf.get().ncpus, "kernel": os.uname().release}
+    _progress(f"guest: {out}")
+    out["memory"] = _variant_memory(paths)
+    out["read"] = {str(n): _read_cost(paths, n) for n in flow_counts}
+    out["agent"] = []
+    for n in flow_counts:
+        _progress(f"guest: agent with {n} flows")
+        try:
+            out["agent"].append(_agent(n))  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - a result, reported
+            out["agent"].append({"flows": n, "error": str(exc)[-300:]})  # type: ignore[attr-defined]
+    return out
+
+
+# -- on the host ----------------------------------------------------------------------------------
+
+
+def _boot(cpus: int, kernel: str, accel: str, flow_counts: list[int], variant_dir: Path) -> dict[str, object]:
+    import kvm
+
+    k = {x.name: x for x in kvm.read_kernels()}[kernel]
+    tree = kvm.host_tree() if k.source == "host" else kvm.unpack(kvm.resolve_package(k.source[4:]))
+    if tree is None:
+        raise kvm.HarnessError("the host's kernel image is not on disk")
+    cmd = [sys.executable, str(BENCH / "cpus.py"), "guest", "--flows", ",".join(map(str, flow_counts)),
+           "--variants", str(variant_dir)]
+    job = f"cd {shlex.quote(str(REPO))} && {shlex.join(cmd)}\n"
+    mem = 2048 + 8 * cpus + 1200  # the per-CPU variant alone is 65,536 x 96 B x CPUs
+    t0 = time.monotonic()
+    rc, text = kvm.boot(tree, job, kvm.LOG_DIR / f"bench-cpus-{cpus}.log", smp=cpus, mem_mb=mem,
+                        timeout=3600, accel=accel)
+    found = [ln[len(MARK):] for ln in text.splitlines() if ln.startswith(MARK)]
+    if rc != 0 or not found:
+        raise kvm.HarnessError(f"guest with {cpus} CPUs: exit {rc}, no result (log: build/kernels/bench-cpus-{cpus}.log)")
+    res = json.loads(found[-1])
+    res["wall_s"] = time.monotonic() - t0
+    return res
+
+
+def _table(results: list[dict[str, object]], accel: str) -> str:
+    variants = list(results[0]["memory"])  # type: ignore[index]
+    lines = [f"## Many CPUs: Debian 12's kernel in guests ({accel.upper()})", "",
+             "Flow-map kernel memory at 65,536 flows (fdinfo memlock, MB):", "",
+             "| CPUs | " + " | ".join(variants) + " |", "|---:|" + "---:|" * len(variants)]
+    for r in results:
+        lines.append(f"| {r['cpus']} | " + " | ".join(f"{r['memory'][v] / 1e6:.1f}" for v in variants) + " |")  # type: ignore[index]
+    flows = list(results[0]["read"])  # type: ignore[index]
+    lines += ["", "One whole-map read through the collector's reader (batch lookup + per-CPU sum), CPU ms:", "",
+              "| CPUs | " + " | ".join(f"{v} {int(n) // 1000}k" for n in flows for v in variants) + " |",
+              "|---:|" + "---:|" * (len(flows) * len(variants))]
+    for r in results:
+        lines.append(f"| {r['cpus']} | " + " | ".join(
+            f"{r['read'][n][v] * 1e3:.1f}" for n in flows for v in variants) + " |")  # type: ignore[index]
+    lines += ["", f"The agent (shipped object, TC ingress, JSON lines, {INTERVAL_MS} ms intervals):", "",
+              "| CPUs | flows | CPU per interval (s) | vs 2 CPUs | peak RSS (MB) | sent | counted | overflowed | exact |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    base = {a["flows"]: a.get("cpu_per_interval") for a in results[0]["agent"]}  # type: ignore[index]
+    anomalies = []
+    for r in results:
+        for a in r["agent"]:  # type: ignore[attr-defined]
+            if "error" in a:
+                lines.append(f"| {r['cpus']} | {a['flows']} | error | | | | | | {a['error'][:80]} |")
+                anomalies.append(f"{r['cpus']} CPUs, {a['flows']} flows: {a['error']}")
+                continue
+            exact = a["sent"] == (a["counted"] or 0) + (a["overflowed"] or 0) == a["seen"] and \
+                a["flow_packets"] == a["counted"]
+            if not exact or a["rc"] != 0:
+                anomalies.append(f"{r['cpus']} CPUs, {a['flows']} flows: rc {a['rc']}, sent {a['sent']}, seen "
+                                 f"{a['seen']}, counted {a['counted']}, in flow records {a['flow_packets']}")
+            b = base.get(a["flows"])
+            ratio = f"{a['cpu_per_interval'] / b:.2f}x" if b else "-"
+            lines.append(f"| {r['cpus']} | {a['flows']:,} | {a['cpu_per_interval']:.2f} | {ratio} | "
+                         f"{a['peak_rss_mb']:.0f} | {a['sent']:,} | {a['counted']:,} | {a['overflowed']:,} | "
+                         f"{'yes' if exact else 'NO'} |")
+    lines += ["", "Guests: " + "; ".join(f"{r['cpus']} vCPUs ({r['possible']} possible), Linux {r['kernel']}, "
+                                        f"{r['wall_s']:.0f} s" for r in results),
+              "", "Anomalies: " + ("; ".join(anomalies) if anomalies else "none"), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench/cpus.py", description=__doc__.split("\n", 1)[0])
+    sub = ap.add_subparsers(dest="cmd")
+    g = sub.add_parser("guest", help="(inside a guest) measure and print one result line")
+    g.add_argument("--flows", default=",".join(map(str, DEFAULT_FLOWS)))
+    g.add_argument("--variants", required=True)
+    ap.add_argument("--cpus", default=os.environ.get("CPUS", ",".join(map(str, DEFAULT_CPUS))))
+    ap.add_argument("--flows", default=",".join(map(str, DEFAULT_FLOWS)))
+    ap.add_argument("--kernel", default="6.1", help="a name from tests/kernels.txt")
+    ap.add_argument("--accel", choices=("auto", "kvm", "tcg"), default=os.environ.get("XTRACE_ACCEL", "auto"))
+    args = ap.parse_args(argv)
+    if args.cmd == "guest":
+        res = guest([int(x) for x in args.flows.split(",")], Path(args.variants))
+        print(MARK + json.dumps(res), flush=True)
+        return 0
+
+    import kvm
+    from variants import build_variants
+
+    accel = kvm.default_accel() if args.accel == "auto" else args.accel
+    cpus = [int(x) for x in args.cpus.split(",")]
+    flow_counts = [int(x) for x in args.flows.split(",")]
+    variant_dir = build_variants().get("shared")
+    assert variant_dir is not None
+    results = []
+    try:
+        for n in cpus:
+            _progress(f"booting a guest with {n} vCPUs ({accel})")
+            results.append(_boot(n, args.kernel, accel, flow_counts, variant_dir.parent))
+            _progress(f"{n} vCPUs done in {results[-1]['wall_s']:.0f} s")
+    except kvm.HarnessError as exc:
+        print(f"bench/cpus.py: error: {exc}", file=sys.stderr)
+        if not results:
+            return 2
+    text = _table(results, accel)
+    (BENCH / "results").mkdir(exist_ok=True)
+    (BENCH / "results" / "cpus.md").write_text(text)
+    print(text)
+    return 0 if len(results) == len(cpus) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
