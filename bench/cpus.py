@@ -6,12 +6,19 @@ and runs ``bench/cpus.py guest`` from the checkout. Inside it:
 
 * **memory**: each flow-map variant of bench/variants.py loaded with 65,536 flows; the kernel's own
   figure (fdinfo ``memlock``, what ``bpftool map show`` prints) for its flow maps;
-* **read**: one whole-map read of 10k and 65,536 filled flows through the collector's reader
-  (``CounterReader``: batch lookup and the per-CPU sum), CPU time of the thread, median of 5;
+* **read**: one whole-map read of 10k and 65,536 filled flows, CPU time of the thread, median of 5:
+  every variant through ``CounterReader`` (batch lookup and, where per-CPU, the sum over CPUs), and
+  the shipped map through the map iterator (``IterReader``, ``shared-iter``);
 * **agent**: ``xtrace-catch run -m tc`` on a veth in namespaces of the guest, 10k and then 65,536
-  flows sent every 5 s interval from the peer for 3 intervals; CPU per interval after attach
+  flows sent every 5 s interval from the peer for 3 intervals (longer where the guest is slow),
+  then 2 more intervals and SIGINT (the agent's last interval); CPU per interval after attach
   (rusage minus the CPU at attach, over the intervals), peak RSS (rusage ``ru_maxrss``), and
-  packets sent = packets counted (+ overflowed, if the map filled) from the last summary record.
+  packets sent = packets counted (+ overflowed, if the map filled) from the last summary record
+  (+ any the kernel dropped from a full backlog before the hook, /proc/net/softnet_stat);
+  the agent's threads and the whole guest's busy CPU time over the same intervals. The agent runs
+  first, each run once the guest is idle (the kernel frees big maps in workers long after their
+  fds close); a fixed Python + numpy workload timed just before gives a calibration, since
+  guests of different sizes emulate at different speeds.
 
 Guests run under KVM where /dev/kvm runs stock kernels; these development VMs' /dev/kvm is kvm_pvm,
 which cannot (docs: tests/kvm.py), so qemu's TCG emulation is used: every CPU time is then inflated
@@ -26,6 +33,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -73,6 +81,8 @@ def _read_cost(paths: dict[str, Path], flows: int) -> dict[str, float]:
     """CPU seconds of one whole-map read through CounterReader, by variant (median of 5)."""
     import frames
 
+    from xtrace_catch import _libbpf
+    from xtrace_catch.maps import IterReader
     from xtrace_catch.object import BpfObject
 
     keys = frames.flow_keys(flows).tobytes()
@@ -87,19 +97,79 @@ def _read_cost(paths: dict[str, Path], flows: int) -> dict[str, float]:
             for lo in range(0, flows, 4096):
                 n = min(4096, flows - lo)
                 m.update_batch(keys[lo * 48:(lo + n) * 48], vals * n, n)
-            reader = m.counter_reader(fields)
-            times = []
-            for _ in range(5):
-                t0 = time.thread_time()
-                k, s = reader.read()
-                times.append(time.thread_time() - t0)
-                if len(k) != flows:
-                    raise RuntimeError(f"{name}: read {len(k)} flows of {flows}")
-            out[name] = statistics.median(times)
+            out[name] = _median_read(m.counter_reader(fields), name, flows)
+            if name == "shared":  # what ships: the map iterator, where the kernel links it
+                try:
+                    link = _libbpf.get().map_iter_link(obj.prog_fd("xtrace_read_flows"), m.fd)
+                except OSError as exc:
+                    _progress(f"guest: no iterator read ({exc})")
+                    continue
+                try:
+                    out["shared-iter"] = _median_read(IterReader(m, link, fields), name, flows)
+                finally:
+                    os.close(link)
     return out
 
 
-def _agent(flows: int, intervals: int = 6, sending: int = 3) -> dict[str, object]:
+def _median_read(reader, name: str, flows: int) -> float:  # noqa: ANN001 - CounterReader | IterReader
+    times = []
+    for _ in range(5):
+        t0 = time.thread_time()
+        k, _s = reader.read()
+        times.append(time.thread_time() - t0)
+        if len(k) != flows:
+            raise RuntimeError(f"{name}: read {len(k)} flows of {flows}")
+    return statistics.median(times)
+
+
+def _busy_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs from /proc/stat."""
+    with open("/proc/stat") as fh:
+        f = [int(x) for x in fh.readline().split()[1:]]
+    return sum(f) - f[3] - f[4], sum(f)  # idle and iowait are fields 4 and 5
+
+
+def _backlog_drops() -> int:
+    """Frames the kernel dropped from full per-CPU backlogs (/proc/net/softnet_stat, 2nd column),
+    all CPUs: a veth's frames wait there for the receive softirq, before any TC hook sees them."""
+    with open("/proc/net/softnet_stat") as fh:
+        return sum(int(ln.split()[1], 16) for ln in fh)
+
+
+def _wait_quiet(limit_cpus: float = 0.05, timeout: float = 600.0) -> float:
+    """Wait until the guest as a whole is idle (< `limit_cpus` CPUs busy over 2 s): after boot and
+    after freeing big maps the kernel's workers run on other vCPUs, and under TCG they take the
+    host cores from the vCPU that runs the agent, whose measured CPU time then grows. Returns
+    the seconds waited."""
+    t0 = time.monotonic()
+    ncpu = os.cpu_count() or 1
+    while time.monotonic() - t0 < timeout:
+        b0, t_0 = _busy_jiffies()
+        time.sleep(2)
+        b1, t_1 = _busy_jiffies()
+        if (b1 - b0) / max(1, t_1 - t_0) * ncpu < limit_cpus:
+            break
+    return time.monotonic() - t0
+
+
+def _calibrate() -> float:
+    """CPU seconds of a fixed Python + numpy workload like the collector's (median of 3): what
+    one CPU second buys in this guest, to compare guests whose emulation speed differs."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 2**63, 200_000, dtype=np.uint64)
+    times = []
+    for _ in range(3):
+        t0 = time.thread_time()
+        for _ in range(5):
+            np.argsort(data, kind="stable")
+        sum(i * i for i in range(300_000))
+        times.append(time.thread_time() - t0)
+    return statistics.median(times)
+
+
+def _agent(flows: int, sending: int = 3, idle: int = 2) -> dict[str, object]:
     """The agent on a veth with `flows` flows sent each interval for `sending` intervals."""
     import frames
     import netenv
@@ -111,7 +181,7 @@ def _agent(flows: int, intervals: int = 6, sending: int = 3) -> dict[str, object
         frame_file.write_text("\n".join(f.hex() for f in frames.many_ipv4_udp(flows)))
         out_file = Path(tmp) / "agent.jsonl"
         cmd = ["ip", "netns", "exec", pair.ns, *netenv.xtrace_cmd(), "run", "-i", pair.ifname, "-m", "tc",
-               "-d", "ingress", "-t", str(INTERVAL_MS), "--output", "json", "--count", str(intervals)]
+               "-d", "ingress", "-t", str(INTERVAL_MS), "--output", "json"]
         env = {**os.environ, "XTRACE_STATE_DIR": tmp}
         with out_file.open("w") as out:
             agent = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True, env=env)
@@ -135,10 +205,29 @@ def _agent(flows: int, intervals: int = 6, sending: int = 3) -> dict[str, object
             if not attached.wait(600):
                 agent.kill()
                 raise RuntimeError(f"agent did not attach: {err[-5:]}")
+            threads, done = [0], threading.Event()
+
+            def count_threads() -> None:  # the most the agent ran at once (no poll(): wait4 reaps it)
+                while not done.is_set():
+                    try:
+                        threads[0] = max(threads[0], len(os.listdir(f"/proc/{agent.pid}/task")))
+                    except OSError:
+                        return
+                    time.sleep(0.5)
+
+            threading.Thread(target=count_threads, daemon=True).start()
+            busy0, drops0 = _busy_jiffies(), _backlog_drops()
             gen_cmd = [sys.executable, "-c", GENERATOR, pair.peer_if, str(frame_file), str(INTERVAL_MS / 1000),
                        str(sending * INTERVAL_MS / 1000 - 0.5)]
-            gen = netenv.run_cmd(["ip", "netns", "exec", pair.peer_ns, *gen_cmd], timeout=900)
+            gen = netenv.run_cmd(["ip", "netns", "exec", pair.peer_ns, *gen_cmd], timeout=1800)
+            # Stop once the sender is done and `idle` more intervals have read what it sent: a slow
+            # guest sends for longer than `sending` intervals, and a fixed --count would stop the
+            # agent (and its hook) while frames still flow.
+            time.sleep(idle * INTERVAL_MS / 1000 + 1)
+            agent.send_signal(signal.SIGINT)
             _pid, status, ru = os.wait4(agent.pid, 0)
+            busy1, drops1 = _busy_jiffies(), _backlog_drops()
+            done.set()
             agent.returncode = os.waitstatus_to_exitcode(status)
             t.join(10)
         recs = [json.loads(line) for line in out_file.read_text().splitlines()]
@@ -148,12 +237,14 @@ def _agent(flows: int, intervals: int = 6, sending: int = 3) -> dict[str, object
     flow_packets = sum(int(r["packets"]) for r in recs if r.get("record", "flow") == "flow")  # flow lines carry no "record" yet
     last = summaries[-1] if summaries else {}
     cpu = ru.ru_utime + ru.ru_stime - (at_attach[0] if at_attach else 0.0)
+    guest_busy = (busy1[0] - busy0[0]) / os.sysconf("SC_CLK_TCK")  # every process and the kernel
     res.update({
         "rc": agent.returncode, "sent": sent, "seen": last.get("packets_seen_total"),
         "counted": last.get("packets_counted_total"), "overflowed": last.get("packets_overflowed_total"),
         "flow_packets": flow_packets, "intervals": len(summaries),
         "cpu_per_interval": cpu / max(1, len(summaries)), "peak_rss_mb": ru.ru_maxrss / 1024,
-        "map_memory_bytes": last.get("map_memory_bytes"), "stderr": err[-3:],
+        "map_memory_bytes": last.get("map_memory_bytes"), "threads": threads[0], "backlog_drops": drops1 - drops0,
+        "guest_busy_per_interval": guest_busy / max(1, len(summaries)), "stderr": err[-3:],
     })
     return res
 
@@ -161,18 +252,24 @@ def _agent(flows: int, intervals: int = 6, sending: int = 3) -> dict[str, object
 def guest(flow_counts: list[int], variant_dir: Path) -> dict[str, object]:
     from xtrace_catch import _libbpf
 
-    paths = {p.stem.split("-")[1].split(".")[0]: p for p in sorted(variant_dir.glob("xtrace-*.bpf.o"))}
+    from variants import VARIANTS
+
+    paths = {name: variant_dir / f"xtrace-{name}.bpf.o" for name in VARIANTS}
     out: dict[str, object] = {"cpus": os.cpu_count(), "possible": _libbpf.get().ncpus, "kernel": os.uname().release}
     _progress(f"guest: {out}")
-    out["memory"] = _variant_memory(paths)
-    out["read"] = {str(n): _read_cost(paths, n) for n in flow_counts}
+    # The agent first: the variants' maps (the per-CPU one is 65,536 x 96 B x CPUs) are freed by
+    # kernel workers long after their fds close, and that work would be billed to the agent.
     out["agent"] = []
     for n in flow_counts:
-        _progress(f"guest: agent with {n} flows")
+        waited = _wait_quiet()
+        out["calib_s"] = _calibrate()
+        _progress(f"guest: agent with {n} flows (quiet after {waited:.0f} s, calibration {out['calib_s']:.3f} s)")
         try:
-            out["agent"].append(_agent(n))  # type: ignore[attr-defined]
+            out["agent"].append({**_agent(n), "waited_s": waited})  # type: ignore[attr-defined]
         except Exception as exc:  # noqa: BLE001 - a result, reported
             out["agent"].append({"flows": n, "error": str(exc)[-300:]})  # type: ignore[attr-defined]
+    out["memory"] = _variant_memory(paths)
+    out["read"] = {str(n): _read_cost(paths, n) for n in flow_counts}
     return out
 
 
@@ -209,34 +306,48 @@ def _table(results: list[dict[str, object]], accel: str) -> str:
     for r in results:
         lines.append(f"| {r['cpus']} | " + " | ".join(f"{r['memory'][v] / 1e6:.1f}" for v in variants) + " |")  # type: ignore[index]
     flows = list(results[0]["read"])  # type: ignore[index]
-    lines += ["", "One whole-map read through the collector's reader (batch lookup + per-CPU sum), CPU ms:", "",
-              "| CPUs | " + " | ".join(f"{v} {int(n) // 1000}k" for n in flows for v in variants) + " |",
-              "|---:|" + "---:|" * (len(flows) * len(variants))]
+    readers = list(results[0]["read"][flows[0]])  # type: ignore[index]
+    lines += ["", "One whole-map read, CPU ms: batch lookups (+ the per-CPU sum where per-CPU); shared-iter is",
+              "the shipped read through the map iterator:", "",
+              "| CPUs | " + " | ".join(f"{v} {int(n) // 1000}k" for n in flows for v in readers) + " |",
+              "|---:|" + "---:|" * (len(flows) * len(readers))]
     for r in results:
         lines.append(f"| {r['cpus']} | " + " | ".join(
-            f"{r['read'][n][v] * 1e3:.1f}" for n in flows for v in variants) + " |")  # type: ignore[index]
+            f"{r['read'][n][v] * 1e3:.1f}" if v in r['read'][n] else "-"  # type: ignore[index, operator]
+            for n in flows for v in readers) + " |")
     lines += ["", f"The agent (shipped object, TC ingress, JSON lines, {INTERVAL_MS} ms intervals):", "",
-              "| CPUs | flows | CPU per interval (s) | vs 2 CPUs | peak RSS (MB) | sent | counted | overflowed | exact |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+              "| CPUs | flows | CPU per interval (s) | vs 2 CPUs | calibrated vs 2 CPUs | whole guest busy (CPU s) "
+              "| threads | intervals | peak RSS (MB) | sent | backlog drops | counted | overflowed | exact |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     base = {a["flows"]: a.get("cpu_per_interval") for a in results[0]["agent"]}  # type: ignore[index]
+    calib0 = results[0].get("calib_s") or 1.0
     anomalies = []
     for r in results:
         for a in r["agent"]:  # type: ignore[attr-defined]
             if "error" in a:
-                lines.append(f"| {r['cpus']} | {a['flows']} | error | | | | | | {a['error'][:80]} |")
+                lines.append(f"| {r['cpus']} | {a['flows']} | error |" + " |" * 10 + f" {a['error'][:80]} |")
                 anomalies.append(f"{r['cpus']} CPUs, {a['flows']} flows: {a['error']}")
                 continue
-            exact = a["sent"] == (a["counted"] or 0) + (a["overflowed"] or 0) == a["seen"] and \
-                a["flow_packets"] == a["counted"]
+            drops = a.get("backlog_drops", 0)
+            # Exact: every frame the hook saw is counted (or overflowed) and in the flow records;
+            # the sender's frames are those, plus any the kernel dropped before the hook (shown).
+            exact = (a["counted"] or 0) + (a["overflowed"] or 0) == a["seen"] and \
+                a["flow_packets"] == a["counted"] and a["sent"] == a["seen"] + drops
             if not exact or a["rc"] != 0:
                 anomalies.append(f"{r['cpus']} CPUs, {a['flows']} flows: rc {a['rc']}, sent {a['sent']}, seen "
-                                 f"{a['seen']}, counted {a['counted']}, in flow records {a['flow_packets']}")
+                                 f"{a['seen']}, counted {a['counted']}, in flow records {a['flow_packets']}, "
+                                 f"dropped by the kernel before the hook (backlog) {drops}")
             b = base.get(a["flows"])
             ratio = f"{a['cpu_per_interval'] / b:.2f}x" if b else "-"
-            lines.append(f"| {r['cpus']} | {a['flows']:,} | {a['cpu_per_interval']:.2f} | {ratio} | "
-                         f"{a['peak_rss_mb']:.0f} | {a['sent']:,} | {a['counted']:,} | {a['overflowed']:,} | "
+            scale = (r.get("calib_s") or 1.0) / calib0  # type: ignore[operator]
+            cal = f"{a['cpu_per_interval'] / scale / b:.2f}x" if b else "-"
+            lines.append(f"| {r['cpus']} | {a['flows']:,} | {a['cpu_per_interval']:.2f} | {ratio} | {cal} | "
+                         f"{a['guest_busy_per_interval']:.2f} | {a['threads']} | {a['intervals']} | "
+                         f"{a['peak_rss_mb']:.0f} | {a['sent']:,} | {drops:,} | {a['counted']:,} | {a['overflowed']:,} | "
                          f"{'yes' if exact else 'NO'} |")
-    lines += ["", "Guests: " + "; ".join(f"{r['cpus']} vCPUs ({r['possible']} possible), Linux {r['kernel']}, "
+    lines += ["", "Calibrated: divided by the guest's time for a fixed Python + numpy workload relative to the first "
+              "guest's (" + ", ".join(f"{r['cpus']} vCPUs {r.get('calib_s', 0):.3f} s" for r in results) + ").",
+              "", "Guests: " + "; ".join(f"{r['cpus']} vCPUs ({r['possible']} possible), Linux {r['kernel']}, "
                                         f"{r['wall_s']:.0f} s" for r in results),
               "", "Anomalies: " + ("; ".join(anomalies) if anomalies else "none"), ""]
     return "\n".join(lines)

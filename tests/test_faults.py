@@ -515,6 +515,10 @@ def test_json_summary_reports_overflow(pair: VethPair) -> None:
     # (key 48 + value 96 bytes + the kernel's element header), not one per CPU.
     assert {s["map_memory_bytes"] for s in su} <= memlock, (su[-1]["map_memory_bytes"], memlock)
     assert cap * (48 + 96) <= su[-1]["map_memory_bytes"] < cap * (48 + 96 + 200)
+    # How the agent read the map: through the iterator where this kernel loads it (as a datapath
+    # loaded here finds), else batch lookups.
+    with Datapath(DatapathConfig(programs=frozenset({PROG_XDP}), max_flows=1024)) as dp:
+        assert {s["map_reads"] for s in su} == {dp.flow_reads}
     assert su[-1]["packets_overflowed_total"] == n - cap == sum(s["packets_overflowed"] for s in su)
     assert sum(s["bytes_overflowed"] for s in su) == (n - cap) * len(frames[0])
     assert max(s["tracked_flows"] for s in su) == cap and su[-1]["map_capacity"] == cap

@@ -7,16 +7,21 @@ refused, attach failed) are one line and exit 1. `-v` shows libbpf's log and tra
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import sys
 from typing import Annotated, Optional
 
-import typer
+# Before numpy is imported: its OpenBLAS starts one thread per CPU (up to 64) at import, idle
+# stacks for an agent that never multiplies a matrix. One is enough on a 224-CPU GPU node.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from . import __version__
-from .errors import LoadError, UsageError, XtraceError
-from .layout import DEFAULT_FLOWS
-from .settings import DEFAULT_VM_URL, ExportSettings
+import typer  # noqa: E402 - after the environment above
+
+from . import __version__  # noqa: E402
+from .errors import LoadError, UsageError, XtraceError  # noqa: E402
+from .layout import DEFAULT_FLOWS  # noqa: E402
+from .settings import DEFAULT_VM_URL, ExportSettings  # noqa: E402
 
 __all__ = ["app", "main"]
 
