@@ -10,6 +10,7 @@ Faults: VictoriaMetrics down at start, restarted mid-run, and a 401 for bad cred
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -147,12 +148,60 @@ def test_victoria_metrics_starts_after_the_agent(pair: VethPair,
         send(pair, n)
         wait_seen(pair.ns, pair.ifname, n)
         wait_intervals(a, 4)  # pushes have failed by now: nobody listens
+        # Said at once, with the reason, while it lasts; in the summary line too.
+        refused = f"connection to 127.0.0.1:{vm.port} refused: nothing listens there"
+        a.wait_stderr(f"pushing to {vm.url('/api/v1/import/prometheus')} failed: {refused}")
+        assert any("push FAILING" in line and refused in line for line in a.out if line.startswith("--- interval"))
         vm.start()
         assert intervals_done(a) < count, "the agent finished before VictoriaMetrics started; raise count"
         run_counted(a, count)
+        line = a.wait_stderr("recovered after")
     series = check_stored(vm, pair, n, count)
     (failures,) = by_name(series, "xtrace_agent_push_failures_total")
     assert last_value(failures) >= 1
+    (late,) = by_name(series, "xtrace_agent_samples_late_total")
+    m = re.search(r"failed attempts\): (\d+) samples delivered late, 0 dropped$", line)
+    # Every batch queued while it was down came late (the metric's last value is from a batch
+    # made before the backlog went out: it may be lower).
+    assert m and int(m.group(1)) >= 4 * 4 and 0 <= last_value(late) <= int(m.group(1)), (line, last_value(late))
+    # One line when it failed, one when it recovered: the run was shorter than a minute.
+    assert len([e for e in a.err if "xtrace_catch.exporter" in e]) == 2, a.err
+    (cons,) = by_name(series, "xtrace_agent_push_consecutive_failures")
+    assert last_value(cons) == 0
+    # The first batch was made before any push failed (reason "none"), the later ones after.
+    errs = {s["metric"]["reason"]: s for s in by_name(series, "xtrace_agent_push_last_error_timestamp_seconds")}  # type: ignore[index]
+    assert set(errs) <= {"none", "refused"} and last_value(errs["refused"]) > 0, errs
+
+
+def test_dns_failure_is_said_with_the_name(pair: VethPair) -> None:
+    """A VictoriaMetrics host name that does not resolve. The namespace's resolver is 127.0.0.1
+    (ip netns exec mounts /etc/netns/NS/resolv.conf), where nothing listens: no query leaves it."""
+    etc = Path("/etc/netns") / pair.ns
+    etc.mkdir(parents=True, exist_ok=False)
+    try:
+        (etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+        url = "http://vm.xtrace-test.invalid:8428/api/v1/write"
+        count = 6
+        with Agent(pair.ns, agent_args(pair, count, *push_args(url), "--output", "json"), env=pair.env) as a:
+            line = a.wait_stderr("DNS lookup of vm.xtrace-test.invalid failed")
+            run_counted_json(a, count)
+    finally:
+        for f in etc.iterdir():
+            f.unlink()
+        etc.rmdir()
+    assert line.startswith(f"xtrace-catch: ERROR xtrace_catch.exporter: pushing to {url} failed: DNS lookup of "
+                           "vm.xtrace-test.invalid failed"), line
+    summaries = [r for r in a.records() if r["record"] == "summary"]
+    assert len(summaries) == count
+    last = summaries[-1]
+    assert last["push_successes"] == 0 and last["push_consecutive_failures"] >= 1
+    assert str(last["push_last_error"]).startswith("DNS lookup of vm.xtrace-test.invalid failed")
+    assert any("exiting with" in e and "(last error: DNS lookup of" in e for e in a.err), a.err
+
+
+def run_counted_json(a: Agent, count: int) -> None:
+    rc = a.wait(timeout=count * INTERVAL_MS / 1000 + WAIT)
+    assert rc == 0, f"agent exited {rc}; stderr: {a.err}"
 
 
 def test_victoria_metrics_restarted_mid_run_loses_nothing(pair: VethPair,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -162,7 +163,7 @@ def test_retryable_status_is_retried_and_delivered_once(status: int) -> None:
             assert p.stats.successes == 1 and p.stats.failures == 2 and p.stats.retries == 2
             assert p.stats.samples_sent == b.samples == 12 and p.stats.samples_dropped == 0
             assert p.queued_samples == 0 and p.oldest_seq is None
-            assert p.stats.last_error == f"HTTP {status}"
+            assert p.stats.last_error == f"HTTP {status}: try later" and p.stats.last_error_kind == "http"
 
     asyncio.run(main())
 
@@ -205,13 +206,18 @@ def test_timeout_is_retried() -> None:
             finally:
                 await p.aclose()
             assert [r.body for r in srv.requests] == [text_of(t, b)] * 2
-        assert p.stats.last_error.startswith("timeout")
+        assert p.stats.last_error_kind == "timeout"
+        assert "accepted the connection but sent no response within 0.3 s" in p.stats.last_error
         assert p.stats.failures == 1 and p.stats.retries == 1 and p.stats.samples_sent == 12
 
     asyncio.run(main())
 
 
-def test_connection_refused_until_a_server_appears() -> None:
+def test_connection_refused_until_a_server_appears(caplog: pytest.LogCaptureFixture) -> None:
+    """Said at once with its reason, not again within the minute, and the recovery with the
+    samples delivered late (both batches: queued while nothing listened)."""
+    caplog.set_level(logging.WARNING, logger="xtrace_catch.exporter")
+
     async def main() -> None:
         t = table()
         b1, b2 = batch(t, 1), batch(t, 2)
@@ -226,7 +232,11 @@ def test_connection_refused_until_a_server_appears() -> None:
                     break
                 await asyncio.sleep(0.005)
             assert p.stats.failures >= 3 and p.stats.successes == 0
-            assert "ConnectError" in p.stats.last_error
+            assert p.stats.last_error_kind == "refused" and p.stats.consecutive_failures == p.stats.failures
+            assert f"connection to 127.0.0.1:{port} refused: nothing listens there" in p.stats.last_error
+            assert [r.getMessage() for r in caplog.records] == [
+                f"pushing to http://127.0.0.1:{port}{TEXT_PATH} failed: {p.stats.last_error}; retrying with backoff, "
+                "samples stay buffered"]
             p.enqueue(b2)
             with Server([(204, 0, b"")], port=port) as srv:
                 for _ in range(2000):
@@ -240,8 +250,118 @@ def test_connection_refused_until_a_server_appears() -> None:
             await p.aclose()
         assert p.stats.samples_sent == 24 and p.stats.samples_dropped == 0
         assert p.stats.retries == p.stats.failures
+        assert p.stats.samples_late == 24 and p.stats.consecutive_failures == 0 and not p.failing
+        msgs = [r.getMessage() for r in caplog.records]
+        assert len(msgs) == 2 and re.fullmatch(
+            rf"pushing to http://127.0.0.1:{port}{TEXT_PATH} recovered after \d+ s \({p.stats.failures} failed "
+            r"attempts\): 24 samples delivered late, 0 dropped", msgs[1]), msgs
 
     asyncio.run(main())
+
+
+# -- failures are said, with their reason --------------------------------------------------
+
+
+def test_https_to_a_plain_http_server_names_the_cause(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="xtrace_catch.exporter")
+
+    async def main() -> Pusher:
+        t = table()
+        with Server([(204, 0, b"")]) as srv:
+            p = pusher(srv.url(TEXT_PATH).replace("http://", "https://"), t)
+            try:
+                p.enqueue(batch(t, 1))
+                assert not await p.send_one()
+            finally:
+                await p.aclose()
+        return p
+
+    p = asyncio.run(main())
+    assert p.stats.last_error_kind == "tls" and p.failing
+    assert "the server speaks plain HTTP, not HTTPS; use http:// in the URL" in p.stats.last_error
+    (msg,) = [r.getMessage() for r in caplog.records]
+    assert "TLS handshake with 127.0.0.1:" in msg and "plain HTTP" in msg
+
+
+def test_a_hanging_server_is_a_timeout_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A server that accepts and never answers: each attempt times out; one line for the run."""
+    caplog.set_level(logging.WARNING, logger="xtrace_catch.exporter")
+
+    async def main() -> Pusher:
+        t = table()
+        with Server([(204, 2.0, b"")]) as srv:
+            p = pusher(srv.url(RW_PATH), t, timeout=0.2)
+            try:
+                p.enqueue(batch(t, 1))
+                for _ in range(3):
+                    assert not await p.send_one()
+            finally:
+                await p.aclose()
+        return p
+
+    p = asyncio.run(main())
+    assert p.stats.consecutive_failures == 3 and p.stats.last_error_kind == "timeout"
+    assert p.stats.last_error.endswith("accepted the connection but sent no response within 0.2 s")
+    assert len(caplog.records) == 1 and "sent no response within 0.2 s" in caplog.records[0].getMessage()
+
+
+def test_while_failing_one_line_per_period(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    caplog.set_level(logging.WARNING, logger="xtrace_catch.exporter")
+    monkeypatch.setattr(exporter, "FAILURE_LOG_EVERY_S", 0.2)
+
+    async def main() -> tuple[Pusher, float]:
+        t = table()
+        p = pusher(f"http://127.0.0.1:{free_port()}{TEXT_PATH}", t)
+        t0 = time.monotonic()
+        try:
+            p.enqueue(batch(t, 1))
+            for _ in range(400):  # ~1 s of attempts, a few ms apart
+                await p.send_one()
+                await asyncio.sleep(0.0025)
+                if time.monotonic() - t0 > 1.0:
+                    break
+        finally:
+            await p.aclose()
+        return p, time.monotonic() - t0
+
+    p, elapsed = asyncio.run(main())
+    msgs = [r.getMessage() for r in caplog.records]
+    assert p.stats.failures > 20, p.stats
+    assert "failed: connection to" in msgs[0]
+    later = msgs[1:]
+    assert later and all("still failing after" in m and "12 samples waiting, 0 dropped" in m for m in later), msgs
+    assert len(later) <= elapsed / 0.2 + 1, (len(later), elapsed)
+
+
+def test_summary_record_and_metrics_carry_the_push_state() -> None:
+    """What the summary record and /metrics say while a push is failing."""
+    from xtrace_catch.agent import Export
+
+    async def main() -> tuple[dict[str, object], list[tuple[str, str, str, dict[str, str], float]]]:
+        port = free_port()
+        settings = Settings(interface="xta0", export=ExportSettings(
+            vm_enabled=True, vm_url=f"http://127.0.0.1:{port}{TEXT_PATH}"))
+        ex = Export(settings, "xta0", "198.51.100.1")
+        notes: list[str] = []
+        await ex.start(notes.append)
+        assert ex.pusher is not None
+        ex.pusher.enqueue(batch(ex.table, 1))
+        for _ in range(2000):
+            if ex.pusher.stats.consecutive_failures >= 2:
+                break
+            await asyncio.sleep(0.005)
+        summ, health = ex.push_summary(), ex._push_health()
+        await ex.stop(deadline_s=0.5)
+        return summ, health
+
+    summ, health = asyncio.run(main())
+    assert summ["push_consecutive_failures"] >= 2 and summ["push_successes"] == 0
+    assert "refused: nothing listens there" in str(summ["push_last_error"])
+    assert str(summ["push_last_error_time"]).endswith("Z") and summ["push_buffer_samples"] == 12
+    by = {h[0]: h for h in health}
+    assert by["xtrace_agent_push_consecutive_failures"][4] >= 2
+    last = by["xtrace_agent_push_last_error_timestamp_seconds"]
+    assert last[3]["reason"] == "refused" and abs(last[4] - time.time()) < 60
 
 
 # -- the bounded buffer -----------------------------------------------------------------------
@@ -329,7 +449,7 @@ def test_drain_sends_what_is_queued_then_stops_at_a_failure(caplog: pytest.LogCa
 
     asyncio.run(main())
     assert [r.getMessage() for r in caplog.records if "exiting with" in r.getMessage()] == [
-        "exiting with 12 samples not delivered to VictoriaMetrics"]
+        "exiting with 12 samples not delivered to VictoriaMetrics (last error: HTTP 503)"]
 
 
 def with_stats(iv: Interval) -> Interval:

@@ -92,6 +92,8 @@ class Emitter:
                                        capacity=self.fmap.capacity, export=self._export_status(), bypass=bp))
             return
         summ = output.summary(iv, self.iface, self.fmap)
+        if self.export is not None:
+            summ.update(self.export.push_summary())
         for chunk in self.writer.chunks(iv):  # a big interval goes out in slices, never whole in memory
             self.out.write("\n".join(chunk) + "\n")
         tail: list[str] = []
@@ -295,11 +297,31 @@ class Export:
             oldest = min(oldest, self.pusher.oldest_seq or oldest)
         self.table.prune(oldest)
 
+    def push_summary(self) -> dict[str, object]:
+        """The pusher's state for the summary record (empty when not pushing)."""
+        if self.pusher is None:
+            return {}
+        ps = self.pusher.stats
+        return {"push_successes": ps.successes, "push_failures": ps.failures,
+                "push_consecutive_failures": ps.consecutive_failures,
+                "push_last_error": ps.last_error or None,
+                "push_last_error_time": output.rfc3339(ps.last_error_time) if ps.last_error_time else None,
+                "push_buffer_samples": self.pusher.queued_samples, "push_samples_dropped": ps.samples_dropped,
+                "push_samples_late": ps.samples_late}
+
     def _push_health(self) -> list[Sample]:
         if self.pusher is None:
             return []
         L, ps = self.labels, self.pusher.stats
         return [
+            ("xtrace_agent_push_consecutive_failures", "gauge", "Failed push attempts since the last success.", L,
+             ps.consecutive_failures),
+            ("xtrace_agent_push_last_error_timestamp_seconds", "gauge",
+             "Wall-clock time of the last failed push; label reason: refused, dns, tls, timeout, reset, "
+             "unreachable, http, other (none before any failure).", {**L, "reason": ps.last_error_kind or "none"},
+             round(ps.last_error_time, 3)),
+            ("xtrace_agent_samples_late_total", "counter", "Samples delivered late, from the backlog of an outage.",
+             L, ps.samples_late),
             ("xtrace_agent_push_successes_total", "counter", "Successful pushes.", L, ps.successes),
             ("xtrace_agent_push_failures_total", "counter", "Failed push attempts.", L, ps.failures),
             ("xtrace_agent_push_retries_total", "counter", "Push retries after a failure.", L, ps.retries),

@@ -273,6 +273,9 @@ def summary_text(rec: dict[str, Any]) -> str:
             f"overflowed={rec['packets_overflowed']} tracked={rec['tracked_flows']}/{rec['map_capacity']}")
     if rec["packets_overflowed"]:
         line += " (flow map FULL: overflowed packets are counted per type only)"
+    if rec.get("push_consecutive_failures"):
+        line += (f"; push FAILING ({rec['push_consecutive_failures']} in a row, {rec['push_buffer_samples']} samples "
+                 f"waiting): {rec['push_last_error']}")
     return line
 
 
