@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from netns import AGENT_IP4, PEER_IP4, Agent, VethPair, in_ns, send_udp, veth_pair, wait_seen
-from vm import VictoriaMetrics, by_name, http, last_value, victoria_metrics  # noqa: F401 (fixture)
+from vm import VictoriaMetrics, VmAgent, by_name, http, last_value, victoria_metrics  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.kernel
 
@@ -226,6 +226,52 @@ def test_victoria_metrics_restarted_mid_run_loses_nothing(pair: VethPair,
     series = check_stored(vm, pair, n1 + n2, count)
     (failures,) = by_name(series, "xtrace_agent_push_failures_total")
     assert last_value(failures) >= 1
+
+
+# -- the fleet path: agent -> vmagent -> VictoriaMetrics ----------------------------------------
+
+OUTAGE_S = 30.0
+
+
+def test_fleet_path_through_vmagent_survives_a_30s_outage(pair: VethPair, tmp_path: Path,
+                                                          victoria_metrics: Callable[..., VictoriaMetrics]) -> None:
+    """The recommended fleet topology: the agent pushes to a (node-local) vmagent, which forwards
+    by remote write. VictoriaMetrics goes away for 30 s; vmagent buffers on disk, the agent never
+    notices, and every interval's samples arrive exactly once."""
+    vm = victoria_metrics(ns=pair.ns)
+    agent = VmAgent(tmp_path / "vmagent", vm, ns=pair.ns).start()
+    count, n1, n2 = 200, 13, 19  # 200 intervals of 200 ms: the outage falls inside
+    try:
+        with Agent(pair.ns, agent_args(pair, count, *push_args(agent.url("/api/v1/write"))), env=pair.env) as a:
+            a.wait_stderr("TC program attached")
+            send(pair, n1)
+            wait_seen(pair.ns, pair.ifname, n1)
+            wait_intervals(a, 5)
+            # Through vmagent to VictoriaMetrics before the outage.
+            got = vm.wait_export('{__name__="xtrace_network_packets_total"}',
+                                 lambda ss: len(ss) == 1 and last_value(ss[0]) == n1, timeout=WAIT)
+            assert len(got) == 1 and last_value(got[0]) == n1, got
+            vm.stop()
+            down_from = intervals_done(a)
+            send(pair, n2)
+            wait_seen(pair.ns, pair.ifname, n1 + n2)
+            time.sleep(OUTAGE_S)  # the outage itself: a fixed length, not a wait for an event
+            assert http(pair.ns, "GET", vm.url("/health"), timeout=2)[0] == 0  # it really was down
+            down_to = intervals_done(a)
+            assert down_to - down_from >= OUTAGE_S * 1000 / INTERVAL_MS * 0.8, (down_from, down_to)
+            assert down_to < count, "the agent finished before VictoriaMetrics came back; raise count"
+            vm.start()
+            run_counted(a, count)
+        series = vm.wait_export('{__name__=~"xtrace_.*"}', lambda ss: any(
+            len(s["timestamps"]) == count for s in by_name(ss, "xtrace_agent_flows_tracked")),  # type: ignore[arg-type]
+            timeout=90)
+    finally:
+        agent.kill()
+    assert vm.starts == 2
+    series = check_stored(vm, pair, n1 + n2, count)
+    (failures,) = by_name(series, "xtrace_agent_push_failures_total")
+    assert last_value(failures) == 0  # vmagent took every push; the outage was behind it
+    assert not [e for e in a.err if "xtrace_catch.exporter" in e], a.err
 
 
 _REFUSER = r"""

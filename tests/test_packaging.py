@@ -188,12 +188,46 @@ def test_dashboard_metrics_exist_in_the_agent() -> None:
 
 # --- Kubernetes -------------------------------------------------------------------------
 
+# The oldest Kubernetes our users run (RHEL 9 / Ubuntu 22.04 clusters) and the newest schema.
+K8S_VERSIONS = ("1.27", "1.37")
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_every_manifest_validates_strictly(version: str) -> None:
+    """kubernetes-validate (strict: unknown fields are errors) on every document of every manifest."""
+    import kubernetes_validate
+
+    manifests = sorted((ROOT / "deploy" / "kubernetes").glob("*.y*ml"))
+    assert manifests
+    kinds = []
+    for path in manifests:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc is None:
+                continue
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                raise AssertionError(f"{path.name}: {doc.get('kind')}: {exc.message}") from None
+            kinds.append(doc["kind"])
+    assert {"Namespace", "ConfigMap", "DaemonSet"} <= set(kinds)
+
+
+def test_manifest_validation_catches_a_typo() -> None:
+    """The validator is strict enough to matter: a misspelt field fails."""
+    import kubernetes_validate
+
+    ds = next(d for d in yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "daemonset.yaml").read_text())
+              if d["kind"] == "DaemonSet")
+    ds["spec"]["template"]["spec"]["hostNetwrk"] = True
+    with pytest.raises(kubernetes_validate.ValidationError, match="hostNetwrk"):
+        kubernetes_validate.validate(ds, K8S_VERSIONS[-1], strict=True)
+
 def test_daemonset() -> None:
     docs = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "daemonset.yaml").read_text())}
     assert {"ConfigMap", "DaemonSet"} <= set(docs)
     cm, ds = docs["ConfigMap"], docs["DaemonSet"]
     url = cm["data"]["VICTORIAMETRICS_REMOTE_WRITE"]
-    assert url.endswith("/insert/0/prometheus/api/v1/write")
+    assert url == "http://vmagent.victoria-metrics.svc.cluster.local:8429/api/v1/write"  # the fleet path: vmagent
     assert classify_url(url) is PushFormat.REMOTE_WRITE
     assert cm["data"]["VICTORIAMETRICS_ENABLED"] == "true"
     assert cm["data"]["XTRACE_SYSFS_ROOT"] == "/host/sys"

@@ -28,9 +28,11 @@ from pathlib import Path
 import pytest
 
 BINARY = "/usr/bin/victoria-metrics"
+VMAGENT = "/usr/bin/vmagent"  # the same Debian package
 HTTP_TIMEOUT = 10.0  # seconds for any one HTTP call
 START_TIMEOUT = 15.0  # seconds for /health to answer
 DEFAULT_NS_PORT = 8428  # a fresh namespace has every port free
+VMAGENT_NS_PORT = 8429
 
 
 def free_port() -> int:
@@ -86,6 +88,10 @@ class VictoriaMetrics:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def command(self) -> list[str]:
+        return [BINARY, "-storageDataPath", str(self.data_dir), "-httpListenAddr", f"127.0.0.1:{self.port}",
+                "-retentionPeriod", "100y"]
+
     def url(self, path: str) -> str:
         return self.base + path
 
@@ -95,10 +101,8 @@ class VictoriaMetrics:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         try:
-            self.proc = subprocess.Popen(
-                [*_ns_prefix(self.ns), BINARY, "-storageDataPath", str(self.data_dir),
-                 "-httpListenAddr", f"127.0.0.1:{self.port}", "-retentionPeriod", "100y"],
-                stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen([*_ns_prefix(self.ns), *self.command()],
+                                         stdout=log, stderr=subprocess.STDOUT)
         finally:
             log.close()
         self.starts += 1
@@ -114,7 +118,7 @@ class VictoriaMetrics:
             time.sleep(0.05)
         tail = self.log_path.read_text(errors="replace")[-2000:]
         self.kill()
-        raise AssertionError(f"victoria-metrics did not become healthy on {self.base}: {tail}")
+        raise AssertionError(f"{self.command()[0]} did not become healthy on {self.base}: {tail}")
 
     def stop(self, timeout: float = 15.0) -> None:
         """Graceful stop (SIGTERM: VictoriaMetrics flushes what it accepted), SIGKILL if it hangs."""
@@ -179,6 +183,33 @@ class VictoriaMetrics:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+class VmAgent(VictoriaMetrics):
+    """vmagent (the fleet's relay): accepts remote write and text import like VictoriaMetrics,
+    forwards to `target` by remote write, buffers on disk (`data_dir`) while the target is down."""
+
+    def __init__(self, data_dir: Path, target: VictoriaMetrics, ns: str | None = None,
+                 port: int | None = None) -> None:
+        if not Path(VMAGENT).exists():
+            raise AssertionError(f"{VMAGENT} is missing: install Debian's victoria-metrics package")
+        super().__init__(data_dir, ns=ns, port=port or (VMAGENT_NS_PORT if ns else free_port()))
+        self.target = target
+
+    def command(self) -> list[str]:
+        return [VMAGENT, "-httpListenAddr", f"127.0.0.1:{self.port}",
+                "-remoteWrite.url", self.target.url("/api/v1/write"),
+                "-remoteWrite.tmpDataPath", str(self.data_dir), "-remoteWrite.flushInterval", "200ms"]
+
+    def metric(self, name: str) -> float:
+        """Sum of one of vmagent's own /metrics counters (all label sets)."""
+        status, body = http(self.ns, "GET", self.url("/metrics"))
+        assert status == 200, status
+        total = 0.0
+        for line in body.decode().splitlines():
+            if line.startswith(name) and line[len(name):len(name) + 1] in (" ", "{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
 
 
 def last_value(series: dict[str, object]) -> float:
