@@ -174,8 +174,9 @@ def test_tracker_32bit_wrap_like_rdma_mode(roce: Path) -> None:
 
 def test_record_text_and_samples() -> None:
     bp = port((4000, None), (1500, 0), (2500, 0), (9000, 12))
-    assert bp.record() == {
-        "record": "kernel_bypass", "device": "mlx5_0", "port": 1,
+    assert bp.record("2024-01-02T03:04:05.250Z", "eth2") == {
+        "record": "kernel_bypass", "time": "2024-01-02T03:04:05.250Z", "interface": "eth2", "device": "mlx5_0",
+        "port": 1,
         "ingress": {"nic_bytes": 4000, "kernel_roce_bytes": 1500, "bypass_bytes": 2500, "bypass_bytes_total": 9000},
         "egress": {"nic_bytes": None, "kernel_roce_bytes": 0, "bypass_bytes": 0, "bypass_bytes_total": 12},
     }
@@ -381,7 +382,7 @@ def wait_for(what: str, done: Callable[[], bool], a: Agent, timeout: float = WAI
 
 def check_flows(a: Agent) -> None:
     """The kernel side saw exactly the K frames: one RoCE v2 flow, ingress, QP, bytes."""
-    flows = [json.loads(x) for x in a.out if x.strip() and "record" not in json.loads(x)]
+    flows = [r for r in (json.loads(x) for x in a.out if x.strip()) if r["record"] == "flow"]
     assert {(f["traffic_type"], f["direction"], f["dst_qp"], f["src_ip"], f["dst_port"]) for f in flows} == {
         ("RoCE_v2", "ingress", QP, PEER_IP4, 4791)}
     assert sum(f["packets"] for f in flows) == K and sum(f["bytes"] for f in flows) == K * SIZE

@@ -56,6 +56,7 @@ pytestmark = pytest.mark.kernel
 DATA = Path(__file__).resolve().parent / "data"
 FLOW_KEYS = {"time", "interface", "direction", "src_ip", "dst_ip", "src_port", "dst_port", "protocol",
              "traffic_type", "packets", "bytes", "packets_total", "bytes_total", "host_ip"}
+COMMON_KEYS = {"time", "interface"}  # every record of a flow mode has them (and "record")
 OPS = ("send", "write", "read_req", "read_resp", "ack", "atomic", "other")
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 INTERVAL = "200"  # ms: several intervals per test, so sums over intervals are exercised
@@ -181,7 +182,7 @@ def mixed_ingress() -> Traffic:
 
 
 def flows_and_summaries(records: list[dict[str, object]]) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
-    fl = [r for r in records if "record" not in r]
+    fl = [r for r in records if r.get("record") == "flow"]
     su = [r for r in records if r.get("record") == "summary"]
     assert len(fl) + len(su) == len(records), "a record is neither a flow nor a summary"
     return fl, su
@@ -196,11 +197,11 @@ def check_accounting(records: list[dict[str, object]], interface: str) -> list[d
     summaries = []
     pk = by = 0
     for r in records:
-        if "record" in r:
+        assert "record" in r and RFC3339.match(str(r["time"])) and r["interface"] == interface, r  # every record
+        if r["record"] != "flow":
             assert r["record"] == "summary"
-            assert not FLOW_KEYS & set(r), f"a summary carries flow keys: {r}"
-            assert r["ifname"] == interface
-            assert RFC3339.match(str(r["timestamp"])), r
+            assert not (FLOW_KEYS - COMMON_KEYS) & set(r), f"a summary carries flow keys: {r}"
+            assert r["ifname"] == interface and r["timestamp"] == r["time"]  # the earlier names, kept
             assert r["interval"] == len(summaries) + 1
             summaries.append(r)
         else:
@@ -225,13 +226,14 @@ def aggregate(records: list[dict[str, object]], interface: str, host_ip: str
     acc: dict[Key, Counts] = {}
     last: dict[Key, dict[str, object]] = {}
     for r in records:
-        if "record" in r:
+        if r["record"] != "flow":
             continue
         assert FLOW_KEYS <= set(r), f"missing keys {FLOW_KEYS - set(r)} in {r}"
         assert RFC3339.match(str(r["time"])), r["time"]
         assert (r["interface"], r["host_ip"]) == (interface, host_ip)
         roce = r["traffic_type"] in ("RoCE_v1", "RoCE_v2")
         assert ("dst_qp" in r) == roce and ("opcode" in r) == roce, r
+        assert not roce or r["dst_qp_hex"] == f"0x{r['dst_qp']:06x}", r
         k = Key(str(r["direction"]), str(r["src_ip"]), str(r["dst_ip"]), int(r["src_port"]),  # type: ignore[arg-type]
                 int(r["dst_port"]), int(r["protocol"]), str(r["traffic_type"]), int(r["vlan"]),  # type: ignore[arg-type]
                 int(r["dst_qp"]) if roce else None)  # type: ignore[arg-type]

@@ -672,12 +672,12 @@ def test_real_victoria_metrics_accepts_our_bodies(path: str, victoria_metrics: C
                   "traffic_type": "UDP", "direction": "ingress", "interface": "xta0", "host_ip": "198.51.100.1",
                   "collect_agg": AGG}
     roce_labels = {**udp_labels, "src_port": "49152", "dst_port": "4791", "traffic_type": "RoCE_v2",
-                   "dst_qp": str(0xABCDE)}
+                   "dst_qp": "0x0abcde"}
     for name, udp, roce in (("xtrace_network_bytes_total", (426, 568), (2200, 2200)),
                             ("xtrace_network_packets_total", (3, 4), (2, 2)),
                             ("xtrace_network_flow_bytes", (426, 142), (2200, 0)),
                             ("xtrace_network_flow_packets", (3, 1), (2, 0))):
         assert got[(name, "")] == ({"__name__": name, **udp_labels}, [(ts1, udp[0]), (ts2, udp[1])])
-        assert got[(name, str(0xABCDE))] == ({"__name__": name, **roce_labels}, [(ts1, roce[0]), (ts2, roce[1])])
+        assert got[(name, "0x0abcde")] == ({"__name__": name, **roce_labels}, [(ts1, roce[0]), (ts2, roce[1])])
     assert got[("xtrace_agent_flows_tracked", "")] == (
         {"__name__": "xtrace_agent_flows_tracked", "interface": "xta0", "collect_agg": AGG}, [(ts2, 2)])

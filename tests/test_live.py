@@ -145,7 +145,7 @@ FLOWS = [
 
 # Read and checked by hand: total 3,257,362 B/s = 26.06 Mbit/s, 2417 pkt/s; RoCEv2 2,048,000 B
 # = 16.4 Mbit/s; TCP 1,209,000 B = 9.67 Mbit/s; in 2,057,042 B = 16.5 Mbit/s, out 1,200,320 B =
-# 9.60 Mbit/s. Columns: FLOW takes what the fixed ones (TYPE 6, DIR 3, QP 6, BIT/S 6, PKT/S 6,
+# 9.60 Mbit/s. Columns: FLOW takes what the fixed ones (TYPE 6, DIR 3, QP 8 (0x + 6 digits), BIT/S 6, PKT/S 6,
 # ECN 4, CNP 4, two spaces between) leave of 80, i.e. 31 characters, so long IPv4 endpoints are
 # cut with an ellipsis; numbers are right-aligned; the table lines are exactly 80 wide.
 GOLDEN_80 = """\
@@ -154,12 +154,12 @@ flows 5 (tracked 9/65536)  total 26.1Mbit/s 2.42kpkt/s
 by type: RoCEv2 16.4M TCP 9.67M UDP 2.56k Other 336
 in 16.5M  out 9.6M  overflowed 0  truncated 2  filtered 5
 RDMA counters: none for this interface (hardware RoCE is invisible here)
-FLOW                                   TYPE   DIR     QP  BIT/S  PKT/S  ECN  CNP
-198.51.100.10:49152>198.51.100.20:4791 RoCEv2 in     10a  16.4M   1.5k    3    1
-198.51.100.10:45678>203.0.113.5:443    TCP    out      -   9.6M    900    -    -
-[2001:db8::1]:443>[2001:db8::2]:51000  TCP    in       -    72k     12    -    -
-198.51.100.10:40000>198.51.100.53:53   UDP    out      -  2.56k      4    -    -
-ethertype 0x0806                       Other  in       -    336      1    -    -
+FLOW                                 TYPE   DIR       QP  BIT/S  PKT/S  ECN  CNP
+198.51.100.10:49152>198.51.100.20:4… RoCEv2 in  0x00010a  16.4M   1.5k    3    1
+198.51.100.10:45678>203.0.113.5:443  TCP    out        -   9.6M    900    -    -
+[2001:db8::1]:443>[2001:db8::2]:510… TCP    in         -    72k     12    -    -
+198.51.100.10:40000>198.51.100.53:53 UDP    out        -  2.56k      4    -    -
+ethertype 0x0806                     Other  in         -    336      1    -    -
 """
 
 

@@ -273,7 +273,7 @@ def test_roce_series_carry_dst_qp() -> None:
     v1 = ('src_ip="2001:db8::a",dst_ip="2001:db8::b",src_port="0",dst_port="0",protocol="0",'
           'traffic_type="RoCE_v1",direction="ingress",interface="xta0",host_ip="198.51.100.1",collect_agg="e2e"')
     assert parse_text(text)["xtrace_network_bytes_total"] == {
-        base + ',dst_qp="1193046"': 100, base + ',dst_qp="23"': 200, v1 + ',dst_qp="5"': 300}
+        base + ',dst_qp="0x123456"': 100, base + ',dst_qp="0x000017"': 200, v1 + ',dst_qp="0x000005"': 300}
     # Non-RoCE series have no dst_qp at all.
     t2 = table()
     b2 = t2.batch(interval(1, [(key(A4, B4, 1, 2, qp=9), (1, 1), (1, 1))]))
@@ -501,7 +501,7 @@ def test_remote_write_bytes_equal_protobuf(zeros: bool) -> None:
         ("protocol", "17"), ("src_ip", "198.51.100.2"), ("src_port", "40000"), ("traffic_type", "UDP")]
     assert [(s.value, s.timestamp) for s in first.samples] == [(1420.0, TS)]
     roce = [ts for ts in req.timeseries if any(lab.name == "dst_qp" for lab in ts.labels)]
-    assert len(roce) == 4 and all(dict((x.name, x.value) for x in ts.labels)["dst_qp"] == "77" for ts in roce)
+    assert len(roce) == 4 and all(dict((x.name, x.value) for x in ts.labels)["dst_qp"] == f"{77:#08x}" for ts in roce)
 
 
 def test_remote_write_body_is_snappy_block_not_framed() -> None:

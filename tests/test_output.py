@@ -84,12 +84,14 @@ def test_json_records_carry_the_required_keys() -> None:
     lines = output.LineWriter("eth0", "198.51.100.1", as_json=True).lines(_interval(KEYS, delta, delta * np.uint64(5)))
     recs = [json.loads(x) for x in lines]
     assert recs[0] == {
-        "time": "2024-01-02T03:04:05.250Z", "interface": "eth0", "direction": "ingress",
+        "record": "flow", "time": "2024-01-02T03:04:05.250Z", "interface": "eth0", "direction": "ingress",
         "src_ip": "198.51.100.1", "dst_ip": "198.51.100.2", "src_port": 45678, "dst_port": 53, "protocol": 17,
         "traffic_type": "UDP", "packets": 2, "bytes": 100, "packets_total": 10, "bytes_total": 500,
         "host_ip": "198.51.100.1", "ecn_ce": 0, "ethertype": 0x0800, "vlan": 0, "fragments": 0,
     }
     assert recs[2]["traffic_type"] == "RoCE_v2" and recs[2]["dst_qp"] == 0x12 and recs[2]["cnp"] == 1
+    assert recs[2]["dst_qp_hex"] == "0x000012"  # DESIGN.md: the text form of a QP, everywhere
+    assert "dst_qp_hex" not in recs[0]
     assert recs[2]["opcode"] == {"send": 0, "write": 2, "read_req": 0, "read_resp": 0, "ack": 0, "atomic": 0,
                                  "other": 0}
     assert recs[1]["src_ip"] == "2001:db8::1" and recs[3]["traffic_type"] == "RoCE_v1"

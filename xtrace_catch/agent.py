@@ -99,7 +99,7 @@ class Emitter:
         tail: list[str] = []
         if self.s.output is Output.JSON:
             if bp is not None:
-                tail.append(output.dumps(bp.record()))
+                tail.append(output.dumps(bp.record(summ["time"], self.iface)))
             tail.append(output.dumps(summ))
         else:
             if bp is not None:
@@ -459,7 +459,8 @@ def run_counters(settings: Settings, out: TextIO = sys.stdout, err: TextIO = sys
                 if d.nccl:
                     lines.append(rdma.health_line(d))
         for m in iv.missing:
-            lines.append(output.dumps({"record": "rdma_missing", "device": m}) if settings.output is Output.JSON
+            lines.append(output.dumps({"record": "rdma_missing", "time": output.rfc3339(iv.time), "device": m})
+                         if settings.output is Output.JSON
                          else f"--- {m}: not readable this interval")
         if lines:
             out.write("\n".join(lines) + "\n")

@@ -55,9 +55,10 @@ class BypassPort:
     bypass: dict[Direction, int]  # max(0, nic - kernel)
     bypass_total: dict[Direction, int]  # since start
 
-    def record(self) -> dict[str, object]:
-        """The JSON record (`"record": "kernel_bypass"`)."""
-        rec: dict[str, object] = {"record": "kernel_bypass", "device": self.device, "port": self.port}
+    def record(self, time: str, interface: str) -> dict[str, object]:
+        """The JSON record (`"record": "kernel_bypass"`): `time` as the interval's records give it."""
+        rec: dict[str, object] = {"record": "kernel_bypass", "time": time, "interface": interface,
+                                  "device": self.device, "port": self.port}
         for d in Direction:
             rec[d.label] = {"nic_bytes": self.nic[d], "kernel_roce_bytes": self.kernel[d],
                             "bypass_bytes": self.bypass[d], "bypass_bytes_total": self.bypass_total[d]}

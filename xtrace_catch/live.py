@@ -112,7 +112,7 @@ def render(st: ViewState, height: int = 24) -> Group:
     table.add_column("FLOW", ratio=1, no_wrap=True, overflow="ellipsis", min_width=20)
     table.add_column("TYPE", no_wrap=True, width=6)
     table.add_column("DIR", no_wrap=True, width=3)
-    table.add_column("QP", no_wrap=True, justify="right", width=6)
+    table.add_column("QP", no_wrap=True, justify="right", width=8)  # 0x and 6 hex digits
     table.add_column("BIT/S", no_wrap=True, justify="right", width=6)
     table.add_column("PKT/S", no_wrap=True, justify="right", width=6)
     table.add_column("ECN", no_wrap=True, justify="right", width=4)
@@ -126,7 +126,7 @@ def render(st: ViewState, height: int = 24) -> Group:
         table.add_row(
             flow, Text(TYPE_SHORT[r.traffic_type], style=TYPE_STYLE[r.traffic_type]),
             "in" if r.direction is Direction.INGRESS else "out",
-            f"{r.dst_qp:x}" if r.is_roce else "-",
+            f"{r.dst_qp:#08x}" if r.is_roce else "-",
             rate(r.d("bytes") * 8 / secs), rate(r.d("packets") / secs),
             str(r.d("ecn_ce")) if r.d("ecn_ce") else "-", str(r.d("cnp")) if r.d("cnp") else "-",
         )

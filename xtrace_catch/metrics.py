@@ -122,7 +122,7 @@ class SeriesTable:
             vals = (addr_text(s, ep), addr_text(d, ep), sp, dp, intern(str(proto)), tt.json_name,
                     Direction.of(di).label, *const)
             if tt in _ROCE:
-                vals = (*vals, intern(str(qp)))
+                vals = (*vals, intern(f"{qp:#08x}"))  # output.qp_hex's form
             out.append(vals)
         return out
 

@@ -23,6 +23,11 @@ _V4MAPPED = b"\0" * 10 + b"\xff\xff"
 _OPS = ("op_send", "op_write", "op_read_req", "op_read_resp", "op_ack", "op_atomic", "op_other")
 
 
+def qp_hex(qp: int) -> str:
+    """A RoCE destination QP as text, everywhere it is shown: 0x and 6 lower-case hex digits."""
+    return f"{qp:#08x}"
+
+
 def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -131,7 +136,7 @@ def text_line(r: FlowRow, host_ip: str) -> str:
 
 def json_record(r: FlowRow, ts: float, interface: str, host_ip: str) -> dict[str, Any]:
     rec: dict[str, Any] = {
-        "time": rfc3339(ts), "interface": interface, "direction": r.direction.label,
+        "record": "flow", "time": rfc3339(ts), "interface": interface, "direction": r.direction.label,
         "src_ip": r.src_ip, "dst_ip": r.dst_ip, "src_port": r.src_port, "dst_port": r.dst_port,
         "protocol": r.protocol, "traffic_type": r.traffic_type.json_name,
         "packets": r.d("packets"), "bytes": r.d("bytes"),
@@ -140,6 +145,7 @@ def json_record(r: FlowRow, ts: float, interface: str, host_ip: str) -> dict[str
     }
     if r.is_roce:
         rec["dst_qp"] = r.dst_qp
+        rec["dst_qp_hex"] = qp_hex(r.dst_qp)
         rec["cnp"] = r.d("cnp")
         rec["opcode"] = {name[3:]: r.d(name) for name in _OPS}
     return rec
@@ -228,7 +234,7 @@ class LineWriter:
               col: list[list[int]]) -> list[str]:
         tcol = totals.T.tolist()
         ptot, btot = tcol[V["packets"]], tcol[V["bytes"]]
-        head = f'{{"time":{json.dumps(ts)},"interface":{json.dumps(self.interface)},'
+        head = f'{{"record":"flow","time":{json.dumps(ts)},"interface":{json.dumps(self.interface)},'
         host = json.dumps(self.host_ip)
         ops = [(name[3:], col[V[name]]) for name in _OPS]
         out: list[str] = []
@@ -239,7 +245,7 @@ class LineWriter:
                     f'"vlan":{vlans[i]},"fragments":{frag[i]}')
             if tts[i] in _ROCE:
                 opc = ",".join(f'"{name}":{c[i]}' for name, c in ops)
-                line += f',"dst_qp":{qps[i]},"cnp":{cnp[i]},"opcode":{{{opc}}}'
+                line += f',"dst_qp":{qps[i]},"dst_qp_hex":"{qps[i]:#08x}","cnp":{cnp[i]},"opcode":{{{opc}}}'
             add(line + "}")
         return out
 
@@ -252,7 +258,9 @@ def summary(iv: Interval, interface: str, fmap: FlowMapInfo) -> dict[str, Any]:
     the next interval's flow lines. Totals since start always agree once traffic pauses."""
     s, st = iv.stats_delta, iv.stats_total
     return {
-        "record": "summary", "timestamp": rfc3339(iv.time), "ifname": interface, "interval": iv.seq,
+        "record": "summary", "time": rfc3339(iv.time), "interface": interface,
+        "timestamp": rfc3339(iv.time), "ifname": interface,  # the earlier names, kept: no key is removed
+        "interval": iv.seq,
         "elapsed_s": round(iv.elapsed, 3), "active_flows": len(iv.keys), "tracked_flows": iv.flows_tracked,
         "map_capacity": fmap.capacity, "map_memory_bytes": fmap.memory_bytes, "map_reads": fmap.reads, "evicted_flows": iv.evicted,
         "packets_seen": s["seen"], "bytes_seen": s["seen_bytes"],

@@ -496,7 +496,7 @@ def json_record(d: PortDelta) -> dict[str, Any]:
     ``lifespan_ms`` and ``health``."""
     i = d.info
     rec: dict[str, Any] = {
-        "record": "rdma_port", "time": rfc3339(d.time), "device": i.device, "port": i.port,
+        "record": "rdma_port", "time": rfc3339(d.time), "device": i.device, "interface": i.netdev, "port": i.port,
         "netdev": i.netdev, "link_layer": i.link_layer, "state": i.state, "phys_state": i.phys_state,
         "rate_gbps": i.rate_gbps, "elapsed_s": round(d.elapsed, 3),
         "rx_bytes": d.rx_bytes, "tx_bytes": d.tx_bytes, "rx_packets": d.rx_packets, "tx_packets": d.tx_packets,
