@@ -196,6 +196,7 @@ def _agent(flows: int, sending: int = 3, idle: int = 2) -> dict[str, object]:
                     if "attached" in line and not attached.is_set():
                         try:
                             at_attach.append(netenv.cpu_seconds(agent.pid))
+                            at_attach.append(netenv.cpu_seconds(agent.pid, system=False))
                         except OSError:
                             pass
                         attached.set()
@@ -242,14 +243,16 @@ def _agent(flows: int, sending: int = 3, idle: int = 2) -> dict[str, object]:
         "rc": agent.returncode, "sent": sent, "seen": last.get("packets_seen_total"),
         "counted": last.get("packets_counted_total"), "overflowed": last.get("packets_overflowed_total"),
         "flow_packets": flow_packets, "intervals": len(summaries),
-        "cpu_per_interval": cpu / max(1, len(summaries)), "peak_rss_mb": ru.ru_maxrss / 1024,
+        "cpu_per_interval": cpu / max(1, len(summaries)),
+        "user_per_interval": (ru.ru_utime - (at_attach[1] if at_attach else 0.0)) / max(1, len(summaries)),
+        "peak_rss_mb": ru.ru_maxrss / 1024,
         "map_memory_bytes": last.get("map_memory_bytes"), "threads": threads[0], "backlog_drops": drops1 - drops0,
         "guest_busy_per_interval": guest_busy / max(1, len(summaries)), "stderr": err[-3:],
     })
     return res
 
 
-def guest(flow_counts: list[int], variant_dir: Path) -> dict[str, object]:
+def guest(flow_counts: list[int], variant_dir: Path, agent_only: bool = False) -> dict[str, object]:
     from xtrace_catch import _libbpf
 
     from variants import VARIANTS
@@ -268,15 +271,17 @@ def guest(flow_counts: list[int], variant_dir: Path) -> dict[str, object]:
             out["agent"].append({**_agent(n), "waited_s": waited})  # type: ignore[attr-defined]
         except Exception as exc:  # noqa: BLE001 - a result, reported
             out["agent"].append({"flows": n, "error": str(exc)[-300:]})  # type: ignore[attr-defined]
-    out["memory"] = _variant_memory(paths)
-    out["read"] = {str(n): _read_cost(paths, n) for n in flow_counts}
+    if not agent_only:
+        out["memory"] = _variant_memory(paths)
+        out["read"] = {str(n): _read_cost(paths, n) for n in flow_counts}
     return out
 
 
 # -- on the host ----------------------------------------------------------------------------------
 
 
-def _boot(cpus: int, kernel: str, accel: str, flow_counts: list[int], variant_dir: Path) -> dict[str, object]:
+def _boot(cpus: int, kernel: str, accel: str, flow_counts: list[int], variant_dir: Path,
+          agent_only: bool = False) -> dict[str, object]:
     import kvm
 
     k = {x.name: x for x in kvm.read_kernels()}[kernel]
@@ -284,7 +289,7 @@ def _boot(cpus: int, kernel: str, accel: str, flow_counts: list[int], variant_di
     if tree is None:
         raise kvm.HarnessError("the host's kernel image is not on disk")
     cmd = [sys.executable, str(BENCH / "cpus.py"), "guest", "--flows", ",".join(map(str, flow_counts)),
-           "--variants", str(variant_dir)]
+           "--variants", str(variant_dir), *(["--agent-only"] if agent_only else [])]
     job = f"cd {shlex.quote(str(REPO))} && {shlex.join(cmd)}\n"
     mem = 2048 + 8 * cpus + 1200  # the per-CPU variant alone is 65,536 x 96 B x CPUs
     t0 = time.monotonic()
@@ -298,10 +303,9 @@ def _boot(cpus: int, kernel: str, accel: str, flow_counts: list[int], variant_di
     return res
 
 
-def _table(results: list[dict[str, object]], accel: str) -> str:
+def _variant_tables(results: list[dict[str, object]]) -> list[str]:
     variants = list(results[0]["memory"])  # type: ignore[index]
-    lines = [f"## Many CPUs: Debian 12's kernel in guests ({accel.upper()})", "",
-             "Flow-map kernel memory at 65,536 flows (fdinfo memlock, MB):", "",
+    lines = ["Flow-map kernel memory at 65,536 flows (fdinfo memlock, MB):", "",
              "| CPUs | " + " | ".join(variants) + " |", "|---:|" + "---:|" * len(variants)]
     for r in results:
         lines.append(f"| {r['cpus']} | " + " | ".join(f"{r['memory'][v] / 1e6:.1f}" for v in variants) + " |")  # type: ignore[index]
@@ -315,17 +319,25 @@ def _table(results: list[dict[str, object]], accel: str) -> str:
         lines.append(f"| {r['cpus']} | " + " | ".join(
             f"{r['read'][n][v] * 1e3:.1f}" if v in r['read'][n] else "-"  # type: ignore[index, operator]
             for n in flows for v in readers) + " |")
-    lines += ["", f"The agent (shipped object, TC ingress, JSON lines, {INTERVAL_MS} ms intervals):", "",
-              "| CPUs | flows | CPU per interval (s) | vs 2 CPUs | calibrated vs 2 CPUs | whole guest busy (CPU s) "
-              "| threads | intervals | peak RSS (MB) | sent | backlog drops | counted | overflowed | exact |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    return [*lines, ""]
+
+
+def _table(results: list[dict[str, object]], accel: str) -> str:
+    lines = [f"## Many CPUs: Debian 12's kernel in guests ({accel.upper()})", ""]
+    if all("memory" in r for r in results):  # not with --agent-only
+        lines += _variant_tables(results)
+    lines += [f"The agent (shipped object, TC ingress, JSON lines, {INTERVAL_MS} ms intervals):", "",
+              "| CPUs | flows | CPU per interval (s) | user / system | vs 2 CPUs | calibrated vs 2 CPUs "
+              "| whole guest busy (CPU s) | threads | intervals | peak RSS (MB) | sent | backlog drops | counted "
+              "| overflowed | exact |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     base = {a["flows"]: a.get("cpu_per_interval") for a in results[0]["agent"]}  # type: ignore[index]
     calib0 = results[0].get("calib_s") or 1.0
     anomalies = []
     for r in results:
         for a in r["agent"]:  # type: ignore[attr-defined]
             if "error" in a:
-                lines.append(f"| {r['cpus']} | {a['flows']} | error |" + " |" * 10 + f" {a['error'][:80]} |")
+                lines.append(f"| {r['cpus']} | {a['flows']} | error |" + " |" * 11 + f" {a['error'][:80]} |")
                 anomalies.append(f"{r['cpus']} CPUs, {a['flows']} flows: {a['error']}")
                 continue
             drops = a.get("backlog_drops", 0)
@@ -341,7 +353,9 @@ def _table(results: list[dict[str, object]], accel: str) -> str:
             ratio = f"{a['cpu_per_interval'] / b:.2f}x" if b else "-"
             scale = (r.get("calib_s") or 1.0) / calib0  # type: ignore[operator]
             cal = f"{a['cpu_per_interval'] / scale / b:.2f}x" if b else "-"
-            lines.append(f"| {r['cpus']} | {a['flows']:,} | {a['cpu_per_interval']:.2f} | {ratio} | {cal} | "
+            user = a.get("user_per_interval")
+            split = f"{user:.2f} / {a['cpu_per_interval'] - user:.2f}" if user is not None else "-"
+            lines.append(f"| {r['cpus']} | {a['flows']:,} | {a['cpu_per_interval']:.2f} | {split} | {ratio} | {cal} | "
                          f"{a['guest_busy_per_interval']:.2f} | {a['threads']} | {a['intervals']} | "
                          f"{a['peak_rss_mb']:.0f} | {a['sent']:,} | {drops:,} | {a['counted']:,} | {a['overflowed']:,} | "
                          f"{'yes' if exact else 'NO'} |")
@@ -359,13 +373,15 @@ def main(argv: list[str] | None = None) -> int:
     g = sub.add_parser("guest", help="(inside a guest) measure and print one result line")
     g.add_argument("--flows", default=",".join(map(str, DEFAULT_FLOWS)))
     g.add_argument("--variants", required=True)
+    g.add_argument("--agent-only", action="store_true")
     ap.add_argument("--cpus", default=os.environ.get("CPUS", ",".join(map(str, DEFAULT_CPUS))))
     ap.add_argument("--flows", default=",".join(map(str, DEFAULT_FLOWS)))
     ap.add_argument("--kernel", default="6.1", help="a name from tests/kernels.txt")
+    ap.add_argument("--agent-only", action="store_true", help="only the agent runs (no variant memory and reads)")
     ap.add_argument("--accel", choices=("auto", "kvm", "tcg"), default=os.environ.get("XTRACE_ACCEL", "auto"))
     args = ap.parse_args(argv)
     if args.cmd == "guest":
-        res = guest([int(x) for x in args.flows.split(",")], Path(args.variants))
+        res = guest([int(x) for x in args.flows.split(",")], Path(args.variants), args.agent_only)
         print(MARK + json.dumps(res), flush=True)
         return 0
 
@@ -381,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for n in cpus:
             _progress(f"booting a guest with {n} vCPUs ({accel})")
-            results.append(_boot(n, args.kernel, accel, flow_counts, variant_dir.parent))
+            results.append(_boot(n, args.kernel, accel, flow_counts, variant_dir.parent, args.agent_only))
             _progress(f"{n} vCPUs done in {results[-1]['wall_s']:.0f} s")
     except kvm.HarnessError as exc:
         print(f"bench/cpus.py: error: {exc}", file=sys.stderr)

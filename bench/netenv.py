@@ -125,11 +125,11 @@ def veth_pair(tag: str = "b") -> Iterator[Pair]:
 # -- processes ------------------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), seconds."""
+def cpu_seconds(pid: int, system: bool = True) -> float:
+    """utime + stime of a process (all its threads), seconds; utime alone without `system`."""
     with open(f"/proc/{pid}/stat") as fh:
         rest = fh.read().rsplit(")", 1)[1].split()
-    return (int(rest[11]) + int(rest[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
+    return (int(rest[11]) + (int(rest[12]) if system else 0)) / CLK_TCK  # fields 14 and 15 of stat(5)
 
 
 def status_kib(pid: int, key: str) -> int:

@@ -189,7 +189,7 @@ def test_dns_failure_is_said_with_the_name(pair: VethPair) -> None:
         for f in etc.iterdir():
             f.unlink()
         etc.rmdir()
-    assert line.startswith(f"xtrace-catch: ERROR xtrace_catch.exporter: pushing to {url} failed: DNS lookup of "
+    assert line.startswith(f"xtrace-catch: WARNING xtrace_catch.exporter: pushing to {url} failed: DNS lookup of "
                            "vm.xtrace-test.invalid failed"), line
     summaries = [r for r in a.records() if r["record"] == "summary"]
     assert len(summaries) == count
@@ -262,6 +262,8 @@ def test_fleet_path_through_vmagent_survives_a_30s_outage(pair: VethPair, tmp_pa
             assert down_to < count, "the agent finished before VictoriaMetrics came back; raise count"
             vm.start()
             run_counted(a, count)
+        # vmagent retries a block with doubling backoff (2, 4, ... 32 s, up to a minute in 1.79): the
+        # samples held through the outage may arrive half a minute after VictoriaMetrics is back.
         series = vm.wait_export('{__name__=~"xtrace_.*"}', lambda ss: any(
             len(s["timestamps"]) == count for s in by_name(ss, "xtrace_agent_flows_tracked")),  # type: ignore[arg-type]
             timeout=90)

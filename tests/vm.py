@@ -171,7 +171,7 @@ class VictoriaMetrics:
         """Export (bounded, repeated) until `done(series)`; returns the last export either way."""
         deadline = time.monotonic() + timeout
         series: list[dict[str, object]] = []
-        for _ in range(300):
+        for _ in range(int(timeout / 0.05) + 1):  # bounded; the deadline ends it first (exports take time)
             series = self.export(match)
             if done(series) or time.monotonic() > deadline:
                 break

@@ -291,13 +291,15 @@ class Pusher:
         if o is None:
             o = self._outage = _Outage(start=now, last_log=now, dropped_before=st.samples_dropped)
             if not logged:
-                log.error("pushing to %s failed: %s; retrying with backoff, samples stay buffered",
+                # Retried with the samples kept: a warning. It becomes an error once samples are lost.
+                log.warning("pushing to %s failed: %s; retrying with backoff, samples stay buffered",
                           redact_url(self.url), f.reason)
         elif now - o.last_log >= FAILURE_LOG_EVERY_S and not logged:
             o.last_log = now
-            log.error("pushing to %s still failing after %.0f s (%d failed attempts): %s; %d samples waiting, "
+            lost = st.samples_dropped - o.dropped_before
+            log.log(logging.ERROR if lost else logging.WARNING, "pushing to %s still failing after %.0f s (%d failed attempts): %s; %d samples waiting, "
                       "%d dropped", redact_url(self.url), now - o.start, o.attempts + 1, f.reason,
-                      self._queued_samples, st.samples_dropped - o.dropped_before)
+                      self._queued_samples, lost)
         o.attempts += 1
         o.backlog_seq = None  # failing again: the backlog is whatever is queued when it next recovers
 
