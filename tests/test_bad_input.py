@@ -7,8 +7,9 @@ stdout, no traceback.
 
 These are found before any syscall and name an interface that does not exist
 (`xtnone0`), so they need no root. The --metrics-addr values that only fail when the
-server binds (an address not on the host, a port in use) are found after the programs
-are attached: those run in a namespace (root) and must leave nothing attached.
+server binds (an address not on the host, a port in use) and an unknown --rdma-device
+need the interface looked up: those run in a namespace (root) and must fail before any
+program is attached.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from netns import VethPair, in_ns, our_prog_ids, qdisc_kinds, veth_pair, xtrace
 from test_cli_errors import NOIF, assert_usage_error, cli
 
 RW = "/api/v1/write"
+ROCE_SYSFS = Path(__file__).parent / "data" / "sysfs" / "roce" / "sys"
 ACCEPTED = "accepted: http(s)://HOST:PORT/api/v1/write"
 VM_ON = ["--vm-enabled", "--vm-url"]
 
@@ -149,7 +151,7 @@ def test_bad_input_as_a_process(answers: dict[str, subprocess.CompletedProcess[s
     assert_usage_error(answers[case_id], [m.format(tmp=tmp) for m in must])
 
 
-# -- --metrics-addr that fails only when the server binds (after attach; root) ------------------
+# -- found when the agent binds or reads sysfs: still before it attaches (root) ----------------
 
 
 @pytest.fixture
@@ -187,14 +189,40 @@ def test_metrics_addr_that_cannot_listen(pair: VethPair, mode: str, addr: str) -
             holder.stdout.close()
     assert "Traceback" not in p.stderr, p.stderr
     assert (p.returncode, p.stdout) == (2, ""), p.stderr
-    lines = p.stderr.splitlines()
-    attached = (f"xtrace-catch: XDP program loaded on {pair.ifname}" if mode == "xdp" else
-                f"xtrace-catch: TC program attached to {pair.ifname} (ingress, egress)")
-    assert lines[:-1] == [attached], lines
-    assert lines[-1].startswith(f"xtrace-catch: error: --metrics-addr {a}: cannot listen ("), lines
-    assert lines[-1].endswith("; choose a free port or another address"), lines
-    # Detached on the way out, and nothing of ours left.
+    # One line, the error: the socket is bound before any program touches the interface.
+    (line,) = p.stderr.splitlines()
+    assert line.startswith(f"xtrace-catch: error: --metrics-addr {a}: cannot listen ("), line
+    assert line.endswith("; choose a free port or another address"), line
     assert our_prog_ids(pair.ns, pair.ifname) == {}
     assert "clsact" not in qdisc_kinds(pair.ns, pair.ifname)
     assert not pair.state_dir.exists() or not list(pair.state_dir.glob("*"))
 
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mode", ["xdp", "tc"])
+def test_unknown_rdma_device_is_refused_before_attaching(pair: VethPair, mode: str) -> None:
+    """--rdma-device with a typo: one line naming the devices there are, and nothing attached."""
+    hook = ["-m", "xdp"] if mode == "xdp" else ["-m", "tc", "-d", "both"]
+    p = xtrace(pair.ns, ["-i", pair.ifname, *hook, "-t", "100", "--count", "1", "--rdma-device", "mlx5_9",
+                         "--sysfs-root", str(ROCE_SYSFS)], env=pair.env)
+    assert "Traceback" not in p.stderr, p.stderr
+    assert (p.returncode, p.stdout) == (2, ""), p.stderr
+    (line,) = p.stderr.splitlines()
+    assert line.startswith("xtrace-catch: error: unknown RDMA device 'mlx5_9'; devices found: "), line
+    assert "mlx5_0" in line
+    assert our_prog_ids(pair.ns, pair.ifname) == {}
+    assert "clsact" not in qdisc_kinds(pair.ns, pair.ifname)
+
+
+@pytest.mark.kernel
+def test_bad_xtrace_libbpf_is_exit_2(pair: VethPair, tmp_path: Path) -> None:
+    """A user-fixable environment: one line naming XTRACE_LIBBPF, exit 2, nothing attached."""
+    missing = tmp_path / "nowhere" / "libbpf.so.1"
+    p = xtrace(pair.ns, ["-i", pair.ifname, "-m", "tc", "-t", "100", "--count", "1"],
+               env={**pair.env, "XTRACE_LIBBPF": str(missing)})
+    assert (p.returncode, p.stdout) == (2, ""), p.stderr
+    (line,) = p.stderr.splitlines()
+    assert line.startswith(f"xtrace-catch: error: XTRACE_LIBBPF={missing}: cannot load it ("), line
+    assert line.endswith("point it at a libbpf.so.1 or unset it"), line
+    assert our_prog_ids(pair.ns, pair.ifname) == {}

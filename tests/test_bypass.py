@@ -242,15 +242,18 @@ def test_agent_bypass_tracker_follows_the_options(roce: Path) -> None:
         base.update(kw)
         return Settings.from_options(**base)  # type: ignore[arg-type]
 
-    t = agent._bypass_tracker(settings(), "eth2", said.append)
-    assert t is not None and (t.device, t.port) == ("mlx5_0", 1)
-    t = agent._bypass_tracker(settings(rdma_device="mlx4_0"), "eth5", said.append)
-    assert t is not None and (t.device, t.port) == ("mlx4_0", 2)
+    def tracker(s: Settings, ifname: str) -> object:
+        return agent._bypass_tracker(s, resolve_port(s.sysfs_root, ifname, s.rdma_device), said.append)
+
+    t = tracker(settings(), "eth2")
+    assert isinstance(t, BypassTracker) and (t.device, t.port) == ("mlx5_0", 1)
+    t = tracker(settings(rdma_device="mlx4_0"), "eth5")
+    assert isinstance(t, BypassTracker) and (t.device, t.port) == ("mlx4_0", 2)
     assert said == [
         "comparing with RDMA mlx5_0 port 1: NIC bytes the kernel did not see are reported as bypass",
         "comparing with RDMA mlx4_0 port 2: NIC bytes the kernel did not see are reported as bypass",
     ]
-    assert agent._bypass_tracker(settings(), "xta0", said.append) is None
+    assert tracker(settings(), "xta0") is None
     assert len(said) == 2
 
 

@@ -57,7 +57,27 @@ CASES: list[tuple[str, list[str], dict[str, str], list[str]]] = [
     ("unknown-option", ["-i", NOIF, "--bogus"], {}, ["--bogus", "xtrace-catch run -h"]),
     ("unknown-option-run", ["run", "-i", NOIF, "--frobnicate"], {}, ["--frobnicate", "xtrace-catch run -h"]),
     ("missing-value", ["-i", NOIF, "-t"], {}, ["-t", "xtrace-catch run -h"]),
+    ("interval-fraction", ["-i", NOIF, "-t", "1000.5"], {}, ["'1000.5'", "must be a whole number of milliseconds"]),
+    # An empty variable is an error, never the default in disguise.
+    ("interface-env-empty", [], {"NETWORK_INTERFACE": ""}, ["NETWORK_INTERFACE must not be empty", "unset it"]),
+    ("interface-env-empty-cleanup", ["cleanup"], {"NETWORK_INTERFACE": ""}, ["NETWORK_INTERFACE must not be empty"]),
+    ("collect-agg-env-empty", ["-i", NOIF], {"COLLECT_AGG": ""}, ["COLLECT_AGG must not be empty"]),
+    ("vm-url-env-empty", ["-i", NOIF, "--vm-enabled"], {"VICTORIAMETRICS_REMOTE_WRITE": ""},
+     ["VICTORIAMETRICS_REMOTE_WRITE must not be empty"]),
+    ("sysfs-root-env-empty", ["-m", "rdma"], {"XTRACE_SYSFS_ROOT": ""}, ["XTRACE_SYSFS_ROOT must not be empty"]),
+    ("vm-enabled-env-empty", ["-i", NOIF], {"VICTORIAMETRICS_ENABLED": ""}, ["VICTORIAMETRICS_ENABLED must not be empty"]),
+    # rdma/nccl: a named interface must exist; -d NAME and --device NAME must agree.
+    ("rdma-unknown-interface", ["-i", NOIF, "-m", "rdma", "--sysfs-root", "{roce}"], {},
+     [f"interface '{NOIF}' not found", "xtrace-catch -l"]),
+    ("nccl-unknown-interface", ["-m", "nccl", "--sysfs-root", "{roce}"], {"NETWORK_INTERFACE": NOIF},
+     [f"interface '{NOIF}' not found", "xtrace-catch -l"]),
+    ("rdma-d-and-device", ["-m", "rdma", "-d", "mlx5_0", "--device", "mlx5_1", "--sysfs-root", "{roce}"], {},
+     ["-d mlx5_0 and --device mlx5_1", "give one"]),
+    ("nccl-d-and-device", ["-m", "nccl", "-d", "mlx5_0", "--device", "mlx4_0", "--sysfs-root", "{roce}"], {},
+     ["-d mlx5_0 and --device mlx4_0", "give one"]),
+    ("rdma-device-in-rdma-mode", ["-m", "rdma", "--rdma-device", "mlx5_0"], {}, ["--rdma-device", "--device"]),
 ]
+ROCE = str(Path(__file__).parent / "data" / "sysfs" / "roce" / "sys")
 
 
 def cli(argv: list[str], env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -86,7 +106,7 @@ def empty_sysfs(tmp_path_factory: pytest.TempPathFactory) -> str:
 def answers(empty_sysfs: str) -> dict[str, subprocess.CompletedProcess[str]]:
     """Every case's run, started a few at a time (each is a whole interpreter start-up)."""
     with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {case_id: pool.submit(cli, [a.format(empty=empty_sysfs) for a in argv], env)
+        futures = {case_id: pool.submit(cli, [a.format(empty=empty_sysfs, roce=ROCE) for a in argv], env)
                    for case_id, argv, env, _must in CASES}
         return {case_id: f.result() for case_id, f in futures.items()}
 
@@ -107,7 +127,14 @@ HELP_OPTIONS = ["-i", "--interface", "-m", "--mode", "-d", "--direction", "--dev
 def test_help_lists_every_option(argv: list[str]) -> None:
     p = cli(argv)
     assert (p.returncode, p.stderr) == (0, "")
-    assert p.stdout.startswith("Usage: xtrace-catch run [OPTIONS]")
+    if argv[0] == "run":
+        assert p.stdout.startswith("Usage: xtrace-catch run [OPTIONS]")
+    else:  # the top level: the commands and --version first, then run's options
+        assert p.stdout.startswith("Usage: xtrace-catch [COMMAND] [OPTIONS]")
+        head = p.stdout.split("Options:")[0]
+        for name in ("run", "interfaces", "cleanup", "version"):
+            assert re.search(rf"^  {name} ", head, re.M), f"command {name} missing from -h"
+        assert "--version, -V" in head and "-l, --list" in head
     text = " ".join(p.stdout.split())  # undo the help formatter's line wrapping
     for opt in HELP_OPTIONS:
         assert re.search(rf"(^|[\s,]){re.escape(opt)}([\s,]|$)", text), f"{opt} missing from -h"

@@ -667,7 +667,7 @@ def test_foreign_xdp_program_is_never_replaced(pair: VethPair, foreign_obj: Path
     fx = xdp_prog(pair.ns, pair.ifname)
     assert fx is not None and fx[1] == "foreign"
     p = xtrace(pair.ns, ["-i", pair.ifname, "-m", "xdp", "--count", "1", "-t", "100"], env=pair.env)
-    assert p.returncode == 1 and p.stdout == ""
+    assert p.returncode == 2 and p.stdout == ""
     lines = p.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(
         f"xtrace-catch: error: {pair.ifname} already has XDP program id {fx[0]} (foreign); "
@@ -693,7 +693,7 @@ def test_foreign_filter_at_our_handle_is_never_replaced(pair: VethPair, foreign_
             "qdiscs": ["clsact", "noqueue"]}
     assert_state(pair, want)
     p = xtrace(pair.ns, ["-i", pair.ifname, "-m", "tc", "--count", "1", "-t", "100"], env=pair.env)
-    assert (p.returncode, p.stdout) == (1, "")
+    assert (p.returncode, p.stdout) == (2, "")
     assert p.stderr.splitlines() == [
         f"xtrace-catch: error: {pair.ifname} ingress already has a filter with xtrace-catch's handle 0x7874 and "
         f"prio 1 (foreign.o:[tc]); see 'tc filter show dev {pair.ifname} ingress'"]

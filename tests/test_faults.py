@@ -212,9 +212,9 @@ def test_link_down_up_counting_continues(pair: VethPair, mode: str) -> None:
 
 
 def refused(p: VethPair, args: list[str], pid: int, hook: str) -> None:
-    """A second agent with `args` refuses: exit 1, one line naming the running agent's pid."""
+    """A second agent with `args` refuses: exit 2 (the user can stop the first), one line naming the running agent's pid."""
     r = xtrace(p.ns, ["-i", p.ifname, "-t", "100", "--count", "1", *args], env=p.env)
-    assert (r.returncode, r.stdout) == (1, ""), r.stderr
+    assert (r.returncode, r.stdout) == (2, ""), r.stderr
     assert r.stderr.splitlines() == [
         f"xtrace-catch: error: another xtrace-catch (pid {pid}) is already watching {p.ifname} ({hook}); "
         f"stop it first (kill {pid}), or watch another hook"], r.stderr

@@ -194,6 +194,9 @@ class Libbpf:
             self.path = self._resolve_path(path)
             break
         else:
+            if os.environ.get("XTRACE_LIBBPF"):
+                raise LibbpfNotFound(f"XTRACE_LIBBPF={os.environ['XTRACE_LIBBPF']}: cannot load it ({errors[0]}); "
+                                     "point it at a libbpf.so.1 or unset it")
             raise LibbpfNotFound(
                 "libbpf not found (" + "; ".join(errors) + "); install it "
                 "(Debian/Ubuntu: apt-get install libbpf1), run 'make libbpf', "

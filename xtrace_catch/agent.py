@@ -7,10 +7,13 @@ for exporters. SIGINT/SIGTERM emit the last interval, detach and return 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
+import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TextIO, TypeVar
 
 import numpy as np
@@ -22,10 +25,11 @@ from .collector import Collector, FlowMapInfo, Interval
 from .metrics import Batch, MetricsConfig, SeriesTable, render_text
 from .datapath import PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, Datapath, DatapathConfig, default_dns_servers
 from .layout import Direction, LinkType
-from .errors import XtraceError
+from .errors import UsageError, XtraceError
 from .settings import Mode, Output, Settings
 
 if TYPE_CHECKING:
+    from . import rdma
     from .exporter import Pusher
     from .live import LiveView
     from .metrics_server import MetricsServer
@@ -122,6 +126,14 @@ def run(settings: Settings, out: TextIO = sys.stdout, err: TextIO = sys.stderr) 
     _libbpf.tune_malloc()
     iface = attach.get_interface(settings.interface)
     check_bpf_privileges()
+    # Everything a user can get wrong is found before any program touches the interface.
+    bypass_port = resolve_port(settings.sysfs_root, iface.name, settings.rdma_device)
+    with _metrics_listener(settings) as listener:
+        return _run(settings, iface, bypass_port, listener, out, err)
+
+
+def _run(settings: Settings, iface: attach.Interface, bypass_port: tuple[str, int] | None,
+         listener: socket.socket | None, out: TextIO, err: TextIO) -> int:
 
     def notify(msg: str) -> None:
         print(f"xtrace-catch: {msg}", file=err, flush=True)
@@ -147,9 +159,9 @@ def run(settings: Settings, out: TextIO = sys.stdout, err: TextIO = sys.stderr) 
             fmap = dp.flow_map_info()
             log.info("flow map: %d flows, %d bytes of kernel memory, read by %s", fmap.capacity, fmap.memory_bytes,
                      fmap.reads)
-            export = Export(settings, iface.name, host_ip, collector, fmap) if settings.export.any else None
+            export = Export(settings, iface.name, host_ip, collector, fmap, listener) if settings.export.any else None
             emitter = Emitter(settings, iface.name, host_ip, fmap, out, notify, export)
-            tracker = _bypass_tracker(settings, iface.name, notify)
+            tracker = _bypass_tracker(settings, bypass_port, notify)
             extra = {"interface": iface.name, "host_ip": host_ip, "collect_agg": settings.export.collect_agg}
 
             def step() -> tuple[FlowResult, Batch | None]:
@@ -244,8 +256,9 @@ class Export:
     """Metric series for push and pull, fed once per interval."""
 
     def __init__(self, settings: Settings, iface: str, host_ip: str, collector: Collector | None = None,
-                 fmap: FlowMapInfo | None = None) -> None:
+                 fmap: FlowMapInfo | None = None, listener: socket.socket | None = None) -> None:
         x = settings.export
+        self._listener = listener  # --metrics-addr, bound before anything was attached
         self.settings, self.collector = settings, collector
         self.fmap = fmap or FlowMapInfo(capacity=settings.max_flows)
         self.labels = {"interface": iface, "host_ip": host_ip, "collect_agg": x.collect_agg}
@@ -269,7 +282,7 @@ class Export:
         if x.metrics_addr is not None:
             from .metrics_server import MetricsServer
 
-            self.server = MetricsServer(x.metrics_addr[0], x.metrics_addr[1], self.render)
+            self.server = MetricsServer(x.metrics_addr[0], x.metrics_addr[1], self.render, sock=self._listener)
             await self.server.start()
             notify(f"serving /metrics on {x.metrics_addr[0]}:{self.server.port}")
 
@@ -415,9 +428,24 @@ async def _loop(settings: Settings, step: Callable[[], tuple[T, Batch | None]], 
             await export.stop()
 
 
-def _bypass_tracker(settings: Settings, ifname: str, notify: Notify) -> BypassTracker | None:
+@contextlib.contextmanager
+def _metrics_listener(settings: Settings) -> Iterator[socket.socket | None]:
+    """--metrics-addr's socket, bound now (a busy port is an error before anything starts)."""
+    addr = settings.export.metrics_addr
+    if addr is None:
+        yield None
+        return
+    from .metrics_server import listen
+
+    sock = listen(*addr)
+    try:
+        yield sock
+    finally:
+        sock.close()  # the server has closed it already when it ran; closing twice is harmless
+
+
+def _bypass_tracker(settings: Settings, found: tuple[str, int] | None, notify: Notify) -> BypassTracker | None:
     """The NIC-vs-kernel comparison for the RDMA port behind the interface (or --rdma-device)."""
-    found = resolve_port(settings.sysfs_root, ifname, settings.rdma_device)
     if found is None:
         return None
     device, port = found
@@ -434,6 +462,8 @@ def run_counters(settings: Settings, out: TextIO = sys.stdout, err: TextIO = sys
 
     nccl = settings.mode is Mode.NCCL
     sel = rdma.select_devices(settings.sysfs_root, settings.device, settings.interface)
+    if settings.interface_given:
+        _check_counter_interface(settings.sysfs_root, settings.interface)
     reader = rdma.RdmaReader(settings.sysfs_root, sel.reader_devices, nccl=nccl)
     reader.poll()  # baseline
     if nccl:
@@ -441,7 +471,16 @@ def run_counters(settings: Settings, out: TextIO = sys.stdout, err: TextIO = sys
     notify(f"reading {'hw_counters and port counters' if nccl else 'port counters'} of {sel.why} "
            f"under {settings.sysfs_root}")
     host_ip = _host_ip_by_name(settings.interface)
-    export = Export(settings, settings.interface, host_ip) if settings.export.any else None
+    with _metrics_listener(settings) as listener:
+        export = Export(settings, settings.interface, host_ip, listener=listener) if settings.export.any else None
+        _run_counter_loop(settings, reader, export, host_ip, notify, out)
+    return 0
+
+
+def _run_counter_loop(settings: Settings, reader: rdma.RdmaReader, export: Export | None, host_ip: str,
+                      notify: Notify, out: TextIO) -> None:
+    from . import rdma
+
     extra = {"interface": settings.interface, "host_ip": host_ip, "collect_agg": settings.export.collect_agg}
 
     def step() -> tuple[rdma.RdmaInterval, Batch | None]:
@@ -467,7 +506,22 @@ def run_counters(settings: Settings, out: TextIO = sys.stdout, err: TextIO = sys
             out.flush()
 
     asyncio.run(_loop(settings, step, emit, export, notify))
-    return 0
+
+
+def _check_counter_interface(root: str, name: str) -> None:
+    """A named -i must exist: as a netdev here, or under the sysfs root the counters come from
+    (a container reading the host's /host/sys). A typo would otherwise label every sample."""
+    from . import rdma
+
+    try:
+        attach.get_interface(name)
+        return
+    except XtraceError:
+        pass
+    if os.path.isdir(os.path.join(root, "class", "net", name)) or any(x.netdev == name for x in rdma.netdev_links(root)):
+        return
+    raise UsageError(f"interface {name!r} not found (nor under {root}/class/net); list interfaces with "
+                     "'xtrace-catch -l', or leave -i out to read every RDMA device")
 
 
 def _host_ip_by_name(name: str) -> str:

@@ -33,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 
 from . import _libbpf
-from .errors import AttachError, LibbpfError, UsageError
+from .errors import AttachError, HookBusyError, LibbpfError, UsageError
 from .layout import Direction
 
 
@@ -426,7 +426,7 @@ class _XdpAttachment(_LinkHolder):
         pid, pname = self._current()
         if pid:
             if not _xdp_is_ours(name, self.iface.index, pid, pname):
-                raise AttachError(
+                raise HookBusyError(
                     f"{name} already has XDP program id {pid} ({pname}); xtrace-catch never replaces another "
                     f"program: see it with 'ip link show {name}' or 'bpftool net show dev {name}', detach it, "
                     "or use -m tc"
@@ -454,7 +454,7 @@ class _XdpAttachment(_LinkHolder):
                 code = _err(exc)
                 if code in (errno.EBUSY, errno.EEXIST):
                     pid, pname = self._current()
-                    raise AttachError(
+                    raise HookBusyError(
                         f"{name} already has XDP program id {pid} ({pname}); xtrace-catch never replaces another "
                         f"program: see it with 'ip link show {name}', detach it, or use -m tc"
                     ) from exc
@@ -507,7 +507,7 @@ class _TcAttachment:
         existing, ours = _our_filter(self.ipr, self.iface.index, d)
         if existing is not None:
             if not ours:
-                raise AttachError(
+                raise HookBusyError(
                     f"{name} {d.label} already has a filter with xtrace-catch's handle {TC_HANDLE:#x} and prio "
                     f"{TC_PRIO} ({_filter_name(existing) or 'unnamed'}); see 'tc filter show dev {name} {d.label}'"
                 )
@@ -613,7 +613,7 @@ class HookLock:
                 other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             finally:
                 os.close(fd)
-            raise AttachError(
+            raise HookBusyError(
                 f"another xtrace-catch (pid {other}) is already watching {self.ifname} ({self.hook}); "
                 f"stop it first (kill {other}), or watch another hook"
             ) from None

@@ -47,8 +47,34 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger("pyroute2").setLevel(logging.ERROR)
 
 
-@app.command("run")
+# Options that also read an environment variable. Click treats a variable set to "" as unset
+# and would fall back to the default (eth0, "default") without a word: we refuse it instead.
+ENV_OPTIONS = {"interface": "NETWORK_INTERFACE", "vm_url": "VICTORIAMETRICS_REMOTE_WRITE",
+               "collect_agg": "COLLECT_AGG", "sysfs_root": "XTRACE_SYSFS_ROOT"}
+ENV_ALSO = ("VICTORIAMETRICS_ENABLED", "VM_USERNAME", "VM_PASSWORD", "VM_PASSWORD_FILE", "VM_BEARER_TOKEN",
+            "VM_BEARER_TOKEN_FILE")
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether option `name` came from the command line or its environment variable."""
+    src = ctx.get_parameter_source(name)
+    return src is not None and src.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def _check_empty_env(ctx: typer.Context, names: dict[str, str], also: tuple[str, ...] = ()) -> None:
+    for param, var in names.items():
+        if os.environ.get(var) is not None and not os.environ[var].strip() and not _given(ctx, param):
+            raise UsageError(f"{var} must not be empty (it is set to {os.environ[var]!r}); give it a value "
+                             "or unset it for the default")
+    for var in also:
+        if os.environ.get(var) is not None and not os.environ[var].strip():
+            raise UsageError(f"{var} must not be empty (it is set to {os.environ[var]!r}); give it a value "
+                             "or unset it")
+
+
+@app.command("run", short_help="Watch an interface and print its flows every interval (the default).")
 def run_cmd(
+    ctx: typer.Context,
     interface: Annotated[str, typer.Option("-i", "--interface", envvar="NETWORK_INTERFACE",
                                            help="Interface to watch.")] = "eth0",
     mode: Annotated[str, typer.Option("-m", "--mode", help="xdp (ingress only), tc, rdma, nccl.")] = "xdp",
@@ -56,7 +82,8 @@ def run_cmd(
         "-d", "--direction", help="ingress, egress or both (tc); in rdma/nccl modes: the RDMA device.")] = None,
     filter_: Annotated[str, typer.Option("-f", "--filter",
                                          help="all, tcp, udp, roce, roce_v1, roce_v2, ib.")] = "all",
-    interval: Annotated[str, typer.Option("-t", "--interval", help="Interval in ms (100..3600000).")] = "5000",
+    interval: Annotated[str, typer.Option("-t", "--interval", metavar="<int>",
+                                          help="Interval in whole milliseconds (100..3600000).")] = "5000",
     exclude_dns: Annotated[bool, typer.Option("--exclude-dns", help="Drop DNS: port 53 and known DNS servers.")] = False,
     dns_server: Annotated[Optional[list[str]], typer.Option(
         "--dns-server", help="Extra DNS server address for --exclude-dns (repeatable).")] = None,
@@ -107,13 +134,14 @@ def run_cmd(
         return
     from .settings import Mode, Settings
 
+    _check_empty_env(ctx, ENV_OPTIONS, ENV_ALSO)
     export = _export_settings(vm_enabled, vm_url, collect_agg, vm_username, vm_password_file, vm_bearer_token_file,
                               insecure, push_buffer_samples, max_series, drop_ephemeral_ports, metrics_addr)
     s = Settings.from_options(
         interface=interface, mode=mode, direction=direction, filter_=filter_, interval=interval,
         exclude_dns=exclude_dns, dns_servers=dns_server or [], output=output, count=count, verbose=verbose,
         xdp_mode=xdp_mode, idle_timeout=idle_timeout, max_flows=max_flows, device=device, export=export,
-        sysfs_root=sysfs_root, rdma_device=rdma_device,
+        sysfs_root=sysfs_root, rdma_device=rdma_device, interface_given=_given(ctx, "interface"),
     )
     from . import agent
 
@@ -194,20 +222,22 @@ def _print_interfaces() -> None:
     _print_rdma_links()
 
 
-@app.command("interfaces")
+@app.command("interfaces", short_help="List interfaces and the XDP/TC programs on them.")
 def interfaces_cmd(verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False) -> None:
     """List interfaces: state, link type, MTU, addresses, and what XDP/TC program is attached."""
     _setup_logging(verbose)
     _print_interfaces()
 
 
-@app.command("cleanup")
+@app.command("cleanup", short_help="Remove xtrace-catch leftovers from an interface (after a crash).")
 def cleanup_cmd(
+    ctx: typer.Context,
     interface: Annotated[str, typer.Option("-i", "--interface", envvar="NETWORK_INTERFACE")] = "eth0",
     verbose: Annotated[bool, typer.Option("-v", "--verbose")] = False,
 ) -> None:
     """Remove xtrace-catch leftovers (after a crash) from an interface; touches nothing else."""
     _setup_logging(verbose)
+    _check_empty_env(ctx, {"interface": "NETWORK_INTERFACE"})
     from .attach import cleanup
     from .caps import check_bpf_privileges
 
@@ -252,8 +282,31 @@ def _route(argv: list[str]) -> list[str]:
     return ["run", *argv]
 
 
+def _top_help() -> str:
+    """`xtrace-catch -h`: the commands, --version, then run's options (bare options mean run)."""
+    group = typer.main.get_command(app)
+    ctx = group.make_context("xtrace-catch", [], resilient_parsing=True)
+    run = group.get_command(ctx, "run")  # type: ignore[attr-defined]
+    assert run is not None
+    run_help = run.get_help(run.make_context("run", [], parent=ctx, resilient_parsing=True))
+    width = max(len(c) for c in COMMANDS) + 2
+    lines = ["Usage: xtrace-catch [COMMAND] [OPTIONS]", "", f"  {app.info.help}", "", "Commands:"]
+    for name in COMMANDS:
+        cmd = group.get_command(ctx, name)  # type: ignore[attr-defined]
+        short = cmd.get_short_help_str(limit=90) if cmd is not None else ""
+        lines.append(f"  {name:<{width}}{short}")
+    lines += ["", "Shortcuts:", f"  {'--version, -V':<{width + 4}}the same as 'version'",
+              f"  {'-l, --list':<{width + 4}}the same as 'interfaces'", "",
+              "Without a command the options are run's ('xtrace-catch COMMAND -h' for the others):", ""]
+    return "\n".join(lines) + "\n" + run_help[run_help.index("Options:"):]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _route(list(sys.argv[1:] if argv is None else argv))
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:1] in (["-h"], ["--help"]):
+        print(_top_help(), end="")
+        return 0
+    args = _route(raw)
     try:
         rc = app(args=args, prog_name="xtrace-catch", standalone_mode=False)
         return int(rc or 0)

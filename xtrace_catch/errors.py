@@ -10,6 +10,10 @@
     │   └── OpenError         libbpf could not open it (also a LibbpfError)
     ├── PrivilegeError        not root / missing capabilities
     └── AttachError           attaching to or detaching from an interface failed
+        └── HookBusyError     another program or agent holds the hook (exit 2)
+
+Exit code 2 means the user can fix it (an option, the environment, privileges, a libbpf to
+install, another program to stop); 1 means an internal fault or a kernel refusal.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ __all__ = [
     "OpenError",
     "PrivilegeError",
     "AttachError",
+    "HookBusyError",
 ]
 
 
@@ -49,7 +54,9 @@ class LibbpfError(XtraceError):
 
 
 class LibbpfNotFound(LibbpfError):
-    """No usable libbpf shared library was found."""
+    """No usable libbpf shared library was found (a bad XTRACE_LIBBPF, none installed, too old)."""
+
+    exit_code = 2
 
 
 class LoadError(LibbpfError):
@@ -80,3 +87,9 @@ class PrivilegeError(XtraceError):
 
 class AttachError(XtraceError):
     """Attaching to or detaching from an interface failed."""
+
+
+class HookBusyError(AttachError):
+    """Another program (or another xtrace-catch) holds the XDP/TC hook; we never replace it."""
+
+    exit_code = 2

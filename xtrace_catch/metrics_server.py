@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 
 from .errors import UsageError
 
-__all__ = ["parse_addr", "MetricsServer", "CONTENT_TYPE"]
+__all__ = ["parse_addr", "listen", "MetricsServer", "CONTENT_TYPE"]
 
 log = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -27,21 +28,40 @@ def parse_addr(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port_s)  # only what the user names is exposed
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, made before the agent attaches anything: a port in use or
+    an address not on this host is a usage error then, not after the programs are in place."""
+    try:
+        family, type_, proto, _name, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                               flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise UsageError(f"--metrics-addr {host}:{port}: cannot listen ({exc.strerror}); "
+                         "choose a free port or another address") from None
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"--metrics-addr {host}:{port}: cannot listen ({exc.strerror}); "
+                         "choose a free port or another address") from None
+    return sock
+
+
 class MetricsServer:
     """A minimal HTTP/1.1 server: GET /metrics renders `render()`; anything else is 404."""
 
-    def __init__(self, host: str, port: int, render: Callable[[], str]) -> None:
+    def __init__(self, host: str, port: int, render: Callable[[], str], sock: socket.socket | None = None) -> None:
         self.host, self.port, self.render = host, port, render
+        self._sock = sock
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        try:
-            self._server = await asyncio.start_server(self._handle, self.host, self.port)
-        except OSError as exc:
-            raise UsageError(f"--metrics-addr {self.host}:{self.port}: cannot listen ({exc.strerror}); "
-                             "choose a free port or another address") from None
-        sock = self._server.sockets[0].getsockname()
-        self.port = sock[1]
+        sock = self._sock if self._sock is not None else listen(self.host, self.port)
+        self._server = await asyncio.start_server(self._handle, sock=sock)
+        self.port = sock.getsockname()[1]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -141,6 +141,7 @@ class Settings:
     device: str | None = None
     sysfs_root: str = "/sys"
     rdma_device: str | None = None  # the unified RoCE view's device in xdp/tc modes
+    interface_given: bool = True  # -i or NETWORK_INTERFACE named it (the counter modes then check it)
     export: ExportSettings = field(default_factory=ExportSettings)
 
     @classmethod
@@ -148,7 +149,7 @@ class Settings:
                      exclude_dns: bool, dns_servers: list[str], output: str, count: int | None, verbose: bool,
                      xdp_mode: str, idle_timeout: float, max_flows: int, device: str | None,
                      export: ExportSettings | None = None, sysfs_root: str = "/sys",
-                     rdma_device: str | None = None) -> Settings:
+                     rdma_device: str | None = None, interface_given: bool = True) -> Settings:
         """Validate raw option strings; UsageError names the bad value and the fix."""
         m = _choice(Mode, mode, "mode")
         assert isinstance(m, Mode)
@@ -156,6 +157,9 @@ class Settings:
         if m in (Mode.RDMA, Mode.NCCL):
             # The older README writes the RDMA device as -d in these modes.
             if direction and direction.lower() not in ("ingress", "egress", "both"):
+                if dev and dev != direction:
+                    raise UsageError(f"-d {direction} and --device {dev} name two RDMA devices; give one "
+                                     f"(-m {m.value} reads one device, or all without either)")
                 dev = dev or direction
             d = DirectionChoice.INGRESS
         else:
@@ -173,8 +177,12 @@ class Settings:
         try:
             ivl = int(str(interval).strip())
         except ValueError:
-            raise UsageError(f"interval {interval!r} is not a number of milliseconds; "
-                             f"give {INTERVAL_MIN_MS}..{INTERVAL_MAX_MS}") from None
+            try:
+                float(str(interval))
+                what = "must be a whole number of milliseconds"
+            except ValueError:
+                what = "is not a number of milliseconds"
+            raise UsageError(f"interval {interval!r} {what}; give {INTERVAL_MIN_MS}..{INTERVAL_MAX_MS}") from None
         if not INTERVAL_MIN_MS <= ivl <= INTERVAL_MAX_MS:
             raise UsageError(f"interval {ivl} ms out of range; give {INTERVAL_MIN_MS}..{INTERVAL_MAX_MS} ms")
         if not _IFNAME.match(interface or ""):
@@ -192,6 +200,9 @@ class Settings:
             raise UsageError(f"-f/--exclude-dns filter packets; -m {m.value} reads NIC counters: use -m xdp or -m tc")
         if not sysfs_root.strip():
             raise UsageError("--sysfs-root must not be empty; the default is /sys (a container mounts the host's at /host/sys)")
+        if m in (Mode.RDMA, Mode.NCCL) and rdma_device is not None:
+            raise UsageError(f"--rdma-device compares flows with a NIC in -m xdp/tc; -m {m.value} names its device "
+                             "with --device")
         if m is not Mode.XDP and xdp_mode != "auto":
             raise UsageError("--xdp-mode applies to -m xdp only")
         if idle_timeout <= 0:
@@ -204,4 +215,4 @@ class Settings:
         return cls(interface=interface, mode=m, direction=d, filter=f, interval_ms=ivl, exclude_dns=exclude_dns,
                    dns_servers=tuple(dns_servers), output=out, count=count, verbose=verbose, xdp_mode=xdp_mode,
                    idle_timeout_s=idle_timeout, max_flows=max_flows, device=dev, export=export or ExportSettings(),
-                   sysfs_root=sysfs_root, rdma_device=rdma_device)
+                   sysfs_root=sysfs_root, rdma_device=rdma_device, interface_given=interface_given)
