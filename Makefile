@@ -4,17 +4,19 @@ VENV      ?= .venv
 CLANG     ?= clang
 BPF_OBJ   := xtrace_catch/bpf/xtrace.bpf.o
 BPF_SRC   := ebpf/xtrace.bpf.c ebpf/xtrace.h
-ARCH_INC  := /usr/include/$(shell $(CLANG) -print-multiarch 2>/dev/null || gcc -dumpmachine)
+ARCH_INC  := /usr/include/$(shell $(CLANG) -print-multiarch 2>/dev/null || gcc -dumpmachine 2>/dev/null)
 # Reproducible: no absolute build paths in the debug info.
 BPF_CFLAGS := -g -O2 -target bpf -Wall -Werror -I ebpf -I $(ARCH_INC) \
 	-fdebug-prefix-map=$(CURDIR)=. -fdebug-compilation-dir=.
 
-# Debian 12 packages: running needs libbpf1 + python3-venv + iproute2; building the
-# object needs clang/llvm/libbpf-dev; 'make libbpf' needs dpkg-dev, libelf-dev, zlib1g-dev
-# and pkg-config; the tests need the rest.
-DEB_PKGS  := make gcc clang llvm libbpf1 libbpf-dev bpftool iproute2 python3 python3-venv python3-pip tmux \
-	dpkg-dev libelf-dev zlib1g-dev pkg-config \
+# Debian 12 packages. Running needs only DEB_RUN ('make deps'); 'make deps-test' adds what
+# building the object (clang/llvm/libbpf-dev), 'make libbpf' (dpkg-dev, libelf-dev, zlib1g-dev,
+# pkg-config) and the tests need. Neither starts or enables a service (deploy/host/install-deps.sh).
+DEB_RUN   := make libbpf1 iproute2 python3 python3-venv python3-pip ca-certificates
+DEB_TEST  := gcc clang llvm libbpf-dev bpftool tmux dpkg-dev libelf-dev zlib1g-dev pkg-config \
 	tshark tcpreplay victoria-metrics prometheus libcap2-bin
+# 'make install' links the agent here so that it is on PATH (BINDIR= skips the link).
+BINDIR    ?= /usr/local/bin
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 
@@ -38,7 +40,8 @@ DOCKER_BUILD_FLAGS ?= --pull=false
 # CA bundle pip trusts inside the build (a build secret, in no layer): behind a TLS-inspecting
 # proxy the host's bundle holds the proxy's CA. BUILD_CA= (empty) trusts the image's own.
 BUILD_CA   ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
-COMPOSE    := $(DOCKER) compose
+# Compose v2 ('docker compose'), podman compose or podman-compose; a missing piece is one line.
+COMPOSE    := DOCKER='$(DOCKER)' bash deploy/container/tool.sh compose
 ifneq (,$(findstring buildah,$(DOCKER)))
 export STORAGE_DRIVER ?= vfs
 export BUILDAH_ISOLATION ?= chroot
@@ -50,18 +53,20 @@ compose_env = NETWORK_INTERFACE='$(INTERFACE)' XTRACE_MODE='$(1)' XTRACE_ARGS='$
 DOCKER_RUN_PRIV := --privileged --network host -v /sys/fs/bpf:/sys/fs/bpf -v /sys:/host/sys:ro \
 	-e XTRACE_SYSFS_ROOT=/host/sys -v /run/xtrace-catch:/run/xtrace-catch
 
-.PHONY: bench-cpus help deps bpf bpf-check install build test test-kernels bench clean libbpf run run-with-interface interfaces info \
+.PHONY: bench-cpus help deps deps-test wheelhouse bpf bpf-check install build test test-kernels bench clean libbpf run run-with-interface interfaces info \
 	docker-base docker-build docker-run docker-up docker-up-xdp docker-up-rdma docker-up-nccl docker-down \
 	docker-logs docker-shell docker-info docker-test docker-clean docker-network-info image-test
 
 help:
-	@echo "make deps       apt-get the Debian packages to build, run and test"
+	@echo "make deps       apt-get the Debian packages running needs (no service started or enabled)"
+	@echo "make deps-test  the same plus what building and the tests need (clang, tshark, victoria-metrics, ...)"
 	@echo "make bpf        rebuild $(BPF_OBJ) from ebpf/ (clang)"
 	@echo "make bpf-check  fail if the committed object differs from ebpf/"
-	@echo "make install    create $(VENV) and install xtrace-catch into it"
-	@echo "make build      build the wheel into dist/"
+	@echo "make install    create $(VENV), install xtrace-catch into it, link $(BINDIR)/xtrace-catch"
+	@echo "make build      build the wheel into dist/ (the BPF object inside)"
+	@echo "make wheelhouse the wheel and every dependency's into dist/wheelhouse/ (offline install)"
 	@echo "make libbpf     build the pinned libbpf (vendor-libbpf/libbpf.pin) into vendor-libbpf/build/"
-	@echo "make test       run the test suite (root: loads BPF, makes netns)"
+	@echo "make test       run the test suite (root: loads BPF, makes netns), ~8 min on 2 CPUs"
 	@echo "make test-kernels  boot each kernel of tests/kernels.txt in KVM and run the kernel subset [KERNELS=6.1]"
 	@echo "make bench      run the benchmarks in bench/ (writes bench/results/*.md)"
 	@echo "make bench-cpus the many-CPU benchmark: guests with 2-128 vCPUs (CPUS=2,128), ~25 min"
@@ -84,8 +89,10 @@ help:
 	@echo "make docker-down | docker-logs | docker-clean   stop, follow the agent's log, remove IMAGE and volumes"
 
 deps:
-	$(SUDO) apt-get update -q
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEB_PKGS)
+	$(SUDO) bash deploy/host/install-deps.sh $(DEB_RUN)
+
+deps-test:
+	$(SUDO) bash deploy/host/install-deps.sh $(DEB_RUN) $(DEB_TEST)
 
 bpf: $(BPF_OBJ)
 
@@ -113,9 +120,14 @@ $(VENV)/bin/python:
 
 install: $(VENV)/bin/python
 	$(VENV)/bin/pip install -q -e .
+	@if [ -n "$(BINDIR)" ]; then $(SUDO) bash deploy/host/link-bin.sh "$(CURDIR)/$(VENV)/bin/xtrace-catch" "$(BINDIR)/xtrace-catch"; fi
 
 build: $(VENV)/bin/python
 	$(VENV)/bin/pip wheel -q --no-deps -w dist .
+
+# Everything an offline machine needs: pip install --no-index --find-links wheelhouse xtrace-catch
+wheelhouse: $(VENV)/bin/python
+	$(VENV)/bin/pip wheel -q -w dist/wheelhouse .
 
 libbpf: $(LIBBPF_SO)
 
@@ -145,7 +157,7 @@ info: $(VENV)/bin/xtrace-catch
 # which Debian 12's libbpf 1.1 cannot; the other tests choose their libbpf themselves.
 test: $(VENV)/bin/python bpf-check libbpf
 	$(VENV)/bin/pip install -q -e '.[test]'
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -v -p no:cacheprovider --durations=10 tests
 
 # Boot each kernel of tests/kernels.txt in a KVM guest (KERNELS=6.1,6.12 picks some) and run the
 # kernel subset in it: one line per kernel; non-zero if any fails. Needs qemu-system-x86 and
@@ -176,7 +188,7 @@ docker-base:
 	DOCKER='$(DOCKER)' bash deploy/container/base-image.sh $(BASE_IMAGE)
 
 docker-build:
-	$(DOCKER) build $(DOCKER_BUILD_FLAGS) --secret id=build_ca,src=$(or $(BUILD_CA),/dev/null) \
+	DOCKER='$(DOCKER)' bash deploy/container/tool.sh build $(DOCKER_BUILD_FLAGS) --secret id=build_ca,src=$(or $(BUILD_CA),/dev/null) \
 		--build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) -f Dockerfile .
 
 docker-test:

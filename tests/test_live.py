@@ -359,7 +359,7 @@ class Tmux:
 
     def __init__(self, name: str) -> None:
         path = shutil.which("tmux")
-        assert path, "tmux is missing: 'make deps' installs it (Makefile DEB_PKGS)"
+        assert path, "tmux is missing: 'make deps-test' installs it (Makefile DEB_TEST)"
         self.base = [path, "-L", name, "-f", "/dev/null"]
         self.name = name
 

@@ -6,7 +6,7 @@
 # adds a deb-src entry for the pinned suite in a private apt state under vendor-libbpf/src/
 # and never changes /etc/apt. Each downloaded file must match its pinned sha256 before it
 # is unpacked. Needs: apt, dpkg-dev (dpkg-source), make, gcc, libelf-dev, zlib1g-dev,
-# pkg-config ('make deps' installs them).
+# pkg-config ('make deps-test' installs them).
 #
 # Environment: LIBBPF_ARCHIVE=URI overrides the archive (default: the one the apt sources
 # use for this release); JOBS=N parallel make jobs (default: nproc).
@@ -36,7 +36,7 @@ if [ -f "$out/PIN" ] && cmp -s "$out/PIN" "$pin_file" && [ -e "$out/lib/libbpf.s
 fi
 
 for tool in apt-get dpkg-source make cc pkg-config sha256sum; do
-    command -v "$tool" >/dev/null || die "$tool not found: run 'make deps' (Debian: apt-get install dpkg-dev make gcc libelf-dev zlib1g-dev pkg-config)"
+    command -v "$tool" >/dev/null || die "$tool not found: run 'make deps-test' (Debian: apt-get install dpkg-dev make gcc libelf-dev zlib1g-dev pkg-config)"
 done
 pkg-config --exists libelf zlib || die "libelf/zlib headers missing: apt-get install libelf-dev zlib1g-dev"
 
