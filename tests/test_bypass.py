@@ -40,7 +40,7 @@ from netns import AGENT_IP4, PEER_IP4, Agent, VethPair, in_ns, send_frames, veth
 from vm import http
 
 from xtrace_catch import agent
-from xtrace_catch.bypass import BypassPort, BypassTracker, kernel_roce_bytes, resolve_port
+from xtrace_catch.rdma.bypass import BypassPort, BypassTracker, kernel_roce_bytes, resolve_port
 from xtrace_catch.collector import NV, Interval, V
 from xtrace_catch.errors import UsageError
 from xtrace_catch.layout import FLOW_KEY, STATS_FIELDS, TYPE_SLOTS, Direction, TrafficType

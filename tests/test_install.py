@@ -41,7 +41,8 @@ def lines(path: Path) -> list[str]:
 
 def make_vars() -> dict[str, str]:
     """DEB_RUN and DEB_TEST as the Makefile defines them."""
-    res = subprocess.run([MAKE, "-C", str(ROOT), "-pn", "help"], capture_output=True, text=True, timeout=30)
+    res = subprocess.run([MAKE, "-C", str(ROOT), "-pn", "help"], capture_output=True, text=True, timeout=30,
+                         env=clean_env())
     out = {}
     for var in ("DEB_RUN", "DEB_TEST"):
         m = re.search(rf"^{var} := (.*)$", res.stdout, re.M)
@@ -129,7 +130,8 @@ def test_make_deps_is_what_running_needs_and_deps_test_adds_the_rest() -> None:
                            "libbpf-dev", "bpftool", "tmux"}
     assert {"clang", "tshark", "tcpreplay", "victoria-metrics", "prometheus"} <= set(test)
     for target, pkgs in (("deps", run), ("deps-test", run + test)):
-        res = subprocess.run([MAKE, "-n", "-C", str(ROOT), target], capture_output=True, text=True, timeout=30)
+        res = subprocess.run([MAKE, "-n", "-C", str(ROOT), target], capture_output=True, text=True, timeout=30,
+                             env=clean_env())
         assert res.returncode == 0, res.stderr
         cmd = next(line for line in res.stdout.splitlines() if "install-deps.sh" in line)
         assert cmd.split("install-deps.sh", 1)[1].split() == pkgs
@@ -179,7 +181,7 @@ def test_link_bin_leaves_another_install_alone(tmp_path: Path) -> None:
 
 def test_make_install_links_into_bindir() -> None:
     res = subprocess.run([MAKE, "-n", "-C", str(ROOT), "install", "BINDIR=/opt/bin"], capture_output=True,
-                         text=True, timeout=30)
+                         text=True, timeout=30, env=clean_env())
     assert res.returncode == 0, res.stderr
     assert f'link-bin.sh "{ROOT}/.venv/bin/xtrace-catch" "/opt/bin/xtrace-catch"' in res.stdout
 
@@ -206,15 +208,22 @@ esac
 """)
 
 
+def clean_env(**kw: str) -> dict[str, str]:
+    """The environment without an outer make's variables (make test runs these under make)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
+    return {**env, **kw}
+
+
 def run_make(target: str, docker: Path, path: Path | None = None, *extra: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": f"{path or docker.parent}:{os.environ['PATH']}"}
+    env = clean_env(PATH=f"{path or docker.parent}:{os.environ['PATH']}")
     return subprocess.run([MAKE, "--no-print-directory", "-C", str(ROOT), target, f"DOCKER={docker}",
                            "IMAGE=xtrace-test:stub", *extra], capture_output=True, text=True, timeout=60, env=env,
                           stdin=subprocess.DEVNULL)
 
 
 def our_lines(p: subprocess.CompletedProcess[str]) -> list[str]:
-    return [line for line in p.stderr.splitlines() if not line.startswith("make: ***")]
+    """stderr without make's own "*** [target] Error 2" line."""
+    return [line for line in p.stderr.splitlines() if not re.match(r"make(\[\d+\])?: \*\*\*", line)]
 
 
 @pytest.fixture
@@ -266,7 +275,7 @@ def test_podman_without_any_compose_says_which_package(stubs: tuple[Path, Path],
         found = shutil.which(t)
         assert found, t
         (tools / t).symlink_to(found)
-    env = {"PATH": f"{b}:{tools}", "HOME": str(tmp_path)}
+    env = {"PATH": f"{b}:{tools}", "HOME": str(tmp_path)}  # nothing of an outer make either
     p = subprocess.run([MAKE, "--no-print-directory", "-C", str(ROOT), "docker-up", f"DOCKER={podman}"],
                        capture_output=True, text=True, timeout=60, env=env)
     assert p.returncode != 0

@@ -33,7 +33,7 @@ import pytest
 from netns import AGENT_IP4, PEER_IP4, Agent, VethPair, send_frames, veth_pair, wait_seen, xtrace_cmd
 from rich.console import Console
 
-from xtrace_catch.bypass import BypassPort
+from xtrace_catch.rdma.bypass import BypassPort
 from xtrace_catch.collector import NV, Collector, Interval, V
 from xtrace_catch.layout import FLOW_KEY, FLOW_VALUE, STATS, STATS_FIELDS, TYPE_SLOTS, Direction, TrafficType
 from xtrace_catch.live import TYPE_STYLE, ViewState, rate, render

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, TextIO, TypeVar
 import numpy as np
 
 from . import _libbpf, attach, output
-from .bypass import BypassPort, BypassTracker, kernel_roce_bytes, resolve_port
+from .rdma.bypass import BypassPort, BypassTracker, kernel_roce_bytes, resolve_port
 from .caps import check_bpf_privileges
 from .collector import Collector, FlowMapInfo, Interval
 from .metrics import Batch, MetricsConfig, SeriesTable, render_text

@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .bypass import BypassPort
+from .rdma.bypass import BypassPort
 from .collector import Interval
 from .layout import Direction, TrafficType
 from .output import FlowRow

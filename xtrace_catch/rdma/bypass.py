@@ -17,12 +17,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import rdma
-from .collector import Interval, V
-from .errors import UsageError
-from .layout import Direction, TrafficType
+from ..collector import Interval, V
+from ..errors import UsageError
+from ..layout import Direction, TrafficType
+from .counters import DATA_WORD, counter_step
+from .devices import list_devices, netdev_links
+from .reader import RdmaReader
 
-__all__ = ["BypassPort", "BypassTracker", "kernel_roce_bytes", "resolve_port"]
+__all__ = [
+    "BypassPort", "BypassTracker", "kernel_roce_bytes", "resolve_port",
+]
 
 log = logging.getLogger(__name__)
 _ROCE = (int(TrafficType.ROCE_V1), int(TrafficType.ROCE_V2))
@@ -85,10 +89,10 @@ def resolve_port(root: str, interface: str, device: str | None) -> tuple[str, in
         if device:
             raise UsageError(f"--rdma-device {device}: no {root}/class/infiniband; check --sysfs-root")
         return None
-    links = [x for x in rdma.netdev_links(root) if x.netdev == interface]
+    links = [x for x in netdev_links(root) if x.netdev == interface]
     if device:
-        if device not in rdma.list_devices(root):
-            raise UsageError(f"unknown RDMA device {device!r}; devices found: {', '.join(rdma.list_devices(root)) or 'none'}")
+        if device not in list_devices(root):
+            raise UsageError(f"unknown RDMA device {device!r}; devices found: {', '.join(list_devices(root)) or 'none'}")
         port = next((x.port for x in links if x.device == device), 1)
         return device, port
     if links:
@@ -101,7 +105,7 @@ class BypassTracker:
 
     def __init__(self, root: str, device: str, port: int) -> None:
         self.root, self.device, self.port = root, device, port
-        self.reader = rdma.RdmaReader(root, [device])
+        self.reader = RdmaReader(root, [device])
         self._last = self._read()
         self._total = {d: 0 for d in Direction}
         self._pending = {d: 0 for d in Direction}  # kernel RoCE bytes not yet matched with a NIC reading
@@ -117,7 +121,7 @@ class BypassTracker:
 
         While the NIC counter is unreadable, the kernel's bytes are kept and subtracted from
         the NIC's change once it reads again (that change spans the whole gap). Backwards
-        steps follow rdma.counter_step on the 4-byte words: a 32-bit wrap counts the distance,
+        steps follow counter_step on the 4-byte words: a 32-bit wrap counts the distance,
         anything else is a reset (the new value is what was counted since)."""
         now = self._read()
         nic: dict[Direction, int | None] = {}
@@ -131,8 +135,8 @@ class BypassTracker:
                 if new is not None:  # first good reading after an unreadable start: a new baseline
                     self._pending[d] = 0
                 continue
-            words, _step = rdma.counter_step(old // rdma.DATA_WORD, new // rdma.DATA_WORD, None)
-            nic[d] = words * rdma.DATA_WORD
+            words, _step = counter_step(old // DATA_WORD, new // DATA_WORD, None)
+            nic[d] = words * DATA_WORD
             bypass[d] = max(0, nic[d] - self._pending[d])
             self._pending[d] = 0
             self._total[d] += bypass[d]
