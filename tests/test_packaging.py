@@ -180,7 +180,7 @@ def test_dashboard_panels() -> None:
 
 def test_dashboard_metrics_exist_in_the_agent() -> None:
     """Every metric the dashboard queries is one the agent's code names (catches typos)."""
-    source = "\n".join(p.read_text() for p in (ROOT / "xtrace_catch").glob("*.py"))
+    source = "\n".join(p.read_text() for p in (ROOT / "xtrace_catch").rglob("*.py"))
     named = set(re.findall(r"xtrace_[a-z_]+", json.dumps(_dashboard())))
     missing = {m for m in named if m not in source and not m.startswith("xtrace_catch")}
     assert not missing
