@@ -44,7 +44,7 @@ RUN apt-get update -q \
     && apt-get install -y -q --no-install-recommends python3 libelf1 zlib1g ca-certificates \
     && apt-get clean \
     && rm -rf /var/lib/apt/lists/*
-# The loader finds libbpf.so.1 in the installed package's lib/ (xtrace_catch/_libbpf.py);
+# The loader finds libbpf.so.1 in the installed package's lib/ (xtrace_catch/kernel/libbpf.py);
 # XTRACE_LIBBPF=/path still overrides it.
 COPY --from=builder /opt/xtrace /opt/xtrace
 ENV PATH=/opt/xtrace/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \

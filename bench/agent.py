@@ -32,7 +32,7 @@ from typing import Any
 
 import frames
 import netenv
-from xtrace_catch.collector import FlowMapInfo
+from xtrace_catch.flows.collector import FlowMapInfo
 from xtrace_catch.settings import Mode
 
 __all__ = ["NAME", "run", "Params", "FULL", "QUICK"]
@@ -197,13 +197,13 @@ def _breakdown(flows: int, rounds: int) -> tuple[dict[str, float], dict[str, flo
 
     import collector as collector_bench  # bench/collector.py: the map filler
 
-    from xtrace_catch import output
+    from xtrace_catch.flows import output
     from xtrace_catch.agent import Emitter, Export
-    from xtrace_catch.collector import Collector
-    from xtrace_catch.datapath import PROG_TC_INGRESS, Datapath, DatapathConfig
-    from xtrace_catch.exporter import SERIES_PER_REQUEST
-    from xtrace_catch.metrics import Batch
-    from xtrace_catch.remote_write import RemoteWriteEncoder
+    from xtrace_catch.flows.collector import Collector
+    from xtrace_catch.kernel.datapath import PROG_TC_INGRESS, Datapath, DatapathConfig
+    from xtrace_catch.export.push import SERIES_PER_REQUEST
+    from xtrace_catch.export.series import Batch
+    from xtrace_catch.export.remote_write import RemoteWriteEncoder
     from xtrace_catch.settings import ExportSettings, Output, Settings
 
     settings = Settings(interface="xbg0", mode=Mode.TC, output=Output.JSON, interval_ms=INTERVAL_MS,
@@ -294,7 +294,7 @@ def _breakdown(flows: int, rounds: int) -> tuple[dict[str, float], dict[str, flo
 # What the agent imports, each alone; the last, everything a `run` with export loads (pyroute2 as
 # attach.py imports it: IPRoute without the package's __init__).
 IMPORTS = ("numpy", "asyncio", "httpx", "typer", "cramjam", "elftools.elf.elffile", "xtrace_catch.attach",
-           "xtrace_catch.cli,xtrace_catch.agent,xtrace_catch.exporter")
+           "xtrace_catch.cli,xtrace_catch.agent,xtrace_catch.export.push")
 
 
 def _import_rss() -> dict[str, float]:

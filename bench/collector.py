@@ -4,7 +4,7 @@ The real Datapath is loaded with a flow map large enough for N synthetic flows (
 filled with ``BPF_MAP_UPDATE_BATCH`` (values for every possible CPU). Then, per round, interleaved:
 
 * **bare**: the batch-lookup syscalls alone, reading the whole map with preallocated buffers
-  (``_libbpf.get().map_lookup_batch`` in a loop, the same batch size as ``BpfMap.read_all``, no
+  (``libbpf.get().map_lookup_batch`` in a loop, the same batch size as ``BpfMap.read_all``, no
   numpy): the floor any reader pays;
 * **read_flows**: ``Datapath.read_flows()`` (``BpfMap.read_all`` plus the per-CPU sum; the
   collector no longer uses it, listed for comparison);
@@ -40,15 +40,15 @@ import numpy as np
 
 import frames
 import profiling
-from xtrace_catch import _libbpf
-from xtrace_catch import collector as collector_mod
-from xtrace_catch import datapath as datapath_mod
-from xtrace_catch import maps as maps_mod
-from xtrace_catch.collector import NV, V, Collector, Interval
-from xtrace_catch.datapath import PROG_XDP, Datapath, DatapathConfig
+from xtrace_catch.kernel import libbpf
+from xtrace_catch.flows import collector as collector_mod
+from xtrace_catch.kernel import datapath as datapath_mod
+from xtrace_catch.kernel import maps as maps_mod
+from xtrace_catch.flows.collector import NV, V, Collector, Interval
+from xtrace_catch.kernel.datapath import PROG_XDP, Datapath, DatapathConfig
 from xtrace_catch.errors import XtraceError
-from xtrace_catch.layout import FLOW_KEY
-from xtrace_catch.maps import BpfMap, CounterReader
+from xtrace_catch.kernel.layout import FLOW_KEY
+from xtrace_catch.kernel.maps import BpfMap, CounterReader
 
 __all__ = ["NAME", "run", "Params", "FULL", "QUICK", "FlowFiller", "BareReader"]
 
@@ -124,7 +124,7 @@ class BareReader:
         self.vbuf = ctypes.create_string_buffer(self.count * m.value_len)
         self.tin = ctypes.create_string_buffer(max(m.info.key_size, 8))
         self.tout = ctypes.create_string_buffer(max(m.info.key_size, 8))
-        self.lookup = _libbpf.get().map_lookup_batch
+        self.lookup = libbpf.get().map_lookup_batch
 
     def read(self) -> int:
         total, first = 0, True
@@ -332,7 +332,7 @@ def _target_for(flows: int) -> float | None:
 
 
 def _report(results: list[SizeResult], profile: list[str], anomalies: list[str], seconds: float) -> str:
-    ncpus = _libbpf.get().ncpus
+    ncpus = libbpf.get().ncpus
     out = ["## Collector cycle (user space, per interval)", ""]
     out += [
         "The real datapath, its flow map (1.25x the flows; per-CPU hash, "

@@ -64,7 +64,7 @@ def _progress(msg: str) -> None:
 def _variant_memory(paths: dict[str, Path]) -> dict[str, int]:
     from variants import map_memory
 
-    from xtrace_catch.object import BpfObject
+    from xtrace_catch.kernel.object import BpfObject
 
     out = {}
     for name, path in paths.items():
@@ -81,9 +81,9 @@ def _read_cost(paths: dict[str, Path], flows: int) -> dict[str, float]:
     """CPU seconds of one whole-map read through CounterReader, by variant (median of 5)."""
     import frames
 
-    from xtrace_catch import _libbpf
-    from xtrace_catch.maps import IterReader
-    from xtrace_catch.object import BpfObject
+    from xtrace_catch.kernel import libbpf
+    from xtrace_catch.kernel.maps import IterReader
+    from xtrace_catch.kernel.object import BpfObject
 
     keys = frames.flow_keys(flows).tobytes()
     out = {}
@@ -100,7 +100,7 @@ def _read_cost(paths: dict[str, Path], flows: int) -> dict[str, float]:
             out[name] = _median_read(m.counter_reader(fields), name, flows)
             if name == "shared":  # what ships: the map iterator, where the kernel links it
                 try:
-                    link = _libbpf.get().map_iter_link(obj.prog_fd("xtrace_read_flows"), m.fd)
+                    link = libbpf.get().map_iter_link(obj.prog_fd("xtrace_read_flows"), m.fd)
                 except OSError as exc:
                     _progress(f"guest: no iterator read ({exc})")
                     continue
@@ -253,12 +253,12 @@ def _agent(flows: int, sending: int = 3, idle: int = 2) -> dict[str, object]:
 
 
 def guest(flow_counts: list[int], variant_dir: Path, agent_only: bool = False) -> dict[str, object]:
-    from xtrace_catch import _libbpf
+    from xtrace_catch.kernel import libbpf
 
     from variants import VARIANTS
 
     paths = {name: variant_dir / f"xtrace-{name}.bpf.o" for name in VARIANTS}
-    out: dict[str, object] = {"cpus": os.cpu_count(), "possible": _libbpf.get().ncpus, "kernel": os.uname().release}
+    out: dict[str, object] = {"cpus": os.cpu_count(), "possible": libbpf.get().ncpus, "kernel": os.uname().release}
     _progress(f"guest: {out}")
     # The agent first: the variants' maps (the per-CPU one is 65,536 x 96 B x CPUs) are freed by
     # kernel workers long after their fds close, and that work would be billed to the agent.

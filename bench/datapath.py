@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import frames
-from xtrace_catch import _libbpf
-from xtrace_catch.datapath import PROG_TC_INGRESS, PROG_XDP, Datapath, DatapathConfig
+from xtrace_catch.kernel import libbpf
+from xtrace_catch.kernel.datapath import PROG_TC_INGRESS, PROG_XDP, Datapath, DatapathConfig
 from xtrace_catch.errors import UsageError
-from xtrace_catch.layout import DEFAULT_FLOWS, STATS_FIELDS, TrafficType
+from xtrace_catch.kernel.layout import DEFAULT_FLOWS, STATS_FIELDS, TrafficType
 
 __all__ = ["NAME", "run", "Params", "FULL", "QUICK"]
 
@@ -62,8 +62,8 @@ class Hook:
 XDP_PASS = 2
 TC_ACT_UNSPEC = -1
 HOOKS = (
-    Hook("XDP", PROG_XDP, _libbpf.BPF_PROG_TYPE_XDP, XDP_PASS),
-    Hook("TC", PROG_TC_INGRESS, _libbpf.BPF_PROG_TYPE_SCHED_CLS, TC_ACT_UNSPEC),
+    Hook("XDP", PROG_XDP, libbpf.BPF_PROG_TYPE_XDP, XDP_PASS),
+    Hook("TC", PROG_TC_INGRESS, libbpf.BPF_PROG_TYPE_SCHED_CLS, TC_ACT_UNSPEC),
 )
 
 
@@ -87,7 +87,7 @@ def _progress(msg: str) -> None:
 @contextmanager
 def _empty_programs() -> Iterator[dict[str, int]]:
     """One empty program per hook, by hook label; every fd is closed on the way out."""
-    lib = _libbpf.get()
+    lib = libbpf.get()
     fds: dict[str, int] = {}
     try:
         for hook in HOOKS:
@@ -143,14 +143,14 @@ class Tally:
 
 def _interleaved(runs: list[tuple[int, list[int]]], frame: bytes, p: Params, r: int) -> None:
     """One round over (fd, samples) pairs, order reversed on odd rounds so no side always runs first."""
-    lib = _libbpf.get()
+    lib = libbpf.get()
     for fd, out in runs[::-1] if r % 2 else runs:
         out.append(int(lib.prog_test_run(fd, frame, repeat=p.repeat).duration))
 
 
 def _per_packet(dp: Datapath, empties: dict[str, int], p: Params, tally: Tally,
                 anomalies: list[str]) -> list[PerPacket]:
-    lib = _libbpf.get()
+    lib = libbpf.get()
     classes = frames.frame_classes()
 
     # Warm-up, one class at a time, learning which flow key each frame produced.
@@ -230,7 +230,7 @@ class _Calls:
 
 def _call_loop(fd: int, batch: list[bytes], out: _Calls) -> None:
     """The loop every variant runs: one repeat=1 test run per frame."""
-    run = _libbpf.get().prog_test_run
+    run = libbpf.get().prog_test_run
     t0 = time.perf_counter_ns()
     durs = [run(fd, f, 1).duration for f in batch]
     out.wall_per_call.append((time.perf_counter_ns() - t0) / len(batch))
@@ -272,7 +272,7 @@ def _many_flows(hook: Hook, empty_fd: int, few_fd: int, p: Params, few_tally: Ta
     rows = []
     with Datapath(config) as dp:
         fd = dp.prog_fd(hook.prog)
-        lib = _libbpf.get()
+        lib = libbpf.get()
         lib.prog_test_run(fd, single, repeat=1000)  # the single flow exists before timing
         tally.add(single, 1000)
         warm = {v: _Calls([]) for v in ("many", "single", "empty")}
@@ -331,7 +331,7 @@ def _prog_sizes(dp: Datapath) -> list[str]:
     if not bpftool:
         return ["(bpftool not installed: program sizes not shown)"]
     lines = []
-    lib = _libbpf.get()
+    lib = libbpf.get()
     for hook in HOOKS:
         prog_id = lib.prog_info(dp.prog_fd(hook.prog))[0]
         try:

@@ -32,11 +32,11 @@ import numpy as np
 
 import frames
 import profiling
-from xtrace_catch.collector import NV, V, Interval
-from xtrace_catch.exporter import SERIES_PER_REQUEST
-from xtrace_catch.layout import STATS_FIELDS, TYPE_SLOTS
-from xtrace_catch.metrics import Batch, MetricsConfig, SeriesTable, render_text
-from xtrace_catch.remote_write import RemoteWriteEncoder, snappy_block
+from xtrace_catch.flows.collector import NV, V, Interval
+from xtrace_catch.export.push import SERIES_PER_REQUEST
+from xtrace_catch.kernel.layout import STATS_FIELDS, TYPE_SLOTS
+from xtrace_catch.export.series import Batch, MetricsConfig, SeriesTable, render_text
+from xtrace_catch.export.remote_write import RemoteWriteEncoder, snappy_block
 
 __all__ = ["NAME", "run", "Params", "FULL", "QUICK", "make_interval"]
 

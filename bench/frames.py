@@ -13,7 +13,7 @@ import struct
 
 import numpy as np
 
-from xtrace_catch.layout import FLOW_KEY, TrafficType
+from xtrace_catch.kernel.layout import FLOW_KEY, TrafficType
 
 __all__ = [
     "PAYLOAD_LEN",

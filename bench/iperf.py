@@ -114,9 +114,10 @@ def _client(pair: netenv.Pair, kind: str, seconds: int) -> dict[str, object]:
 # Runs in the server's namespace: an empty TC program on both hooks, attached as the agent attaches.
 EMPTY_HOOK = r"""
 import signal, sys
-from xtrace_catch import _libbpf, attach
-from xtrace_catch.layout import Direction
-fd = _libbpf.get().load_trivial_program(_libbpf.BPF_PROG_TYPE_SCHED_CLS, -1, name="xtrace_empty")
+from xtrace_catch import attach
+from xtrace_catch.kernel import libbpf
+from xtrace_catch.kernel.layout import Direction
+fd = libbpf.get().load_trivial_program(libbpf.BPF_PROG_TYPE_SCHED_CLS, -1, name="xtrace_empty")
 with attach.Attachments(attach.get_interface(sys.argv[1])) as att:
     for d in (Direction.INGRESS, Direction.EGRESS):
         att.attach_tc(d, fd)

@@ -27,8 +27,8 @@ MODULES = ["datapath", "variants", "collector", "export", "agent", "iperf"]
 
 sys.path.insert(0, str(BENCH_DIR))
 
-from xtrace_catch import _libbpf  # noqa: E402
-from xtrace_catch.caps import check_bpf_privileges  # noqa: E402
+from xtrace_catch.kernel import libbpf  # noqa: E402
+from xtrace_catch.kernel.caps import check_bpf_privileges  # noqa: E402
 from xtrace_catch.errors import XtraceError  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def _cpu_model() -> str:
 
 
 def _header(name: str, quick: bool, cpu: int) -> str:
-    lib = _libbpf.get()
+    lib = libbpf.get()
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (
         f"<!-- bench/run.py {name}{' --quick' if quick else ''} -->\n"

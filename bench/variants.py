@@ -36,12 +36,12 @@ from pathlib import Path
 import numpy as np
 
 import frames
-from xtrace_catch import _libbpf
-from xtrace_catch.datapath import PROG_READ_FLOWS
+from xtrace_catch.kernel import libbpf
+from xtrace_catch.kernel.datapath import PROG_READ_FLOWS
 from xtrace_catch.errors import XtraceError
-from xtrace_catch.layout import DEFAULT_FLOWS, STATS
-from xtrace_catch.maps import BpfMap
-from xtrace_catch.object import BpfObject
+from xtrace_catch.kernel.layout import DEFAULT_FLOWS, STATS
+from xtrace_catch.kernel.maps import BpfMap
+from xtrace_catch.kernel.object import BpfObject
 
 __all__ = ["NAME", "run", "VARIANTS", "build_variants", "map_memory"]
 
@@ -50,8 +50,8 @@ REPO = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO / "build" / "bench-variants"
 VARIANTS = {"shared": 0, "percpu": 1, "hot16": 2, "locked": 3}  # name -> XT_FLOWS
 CLASSES = ("IPv4 UDP", "IPv4 TCP", "IPv6 UDP", "RoCE v2")
-HOOKS = (("XDP", "xtrace_xdp", _libbpf.BPF_PROG_TYPE_XDP, 2), ("TC", "xtrace_tc_ingress",
-                                                               _libbpf.BPF_PROG_TYPE_SCHED_CLS, -1))
+HOOKS = (("XDP", "xtrace_xdp", libbpf.BPF_PROG_TYPE_XDP, 2), ("TC", "xtrace_tc_ingress",
+                                                               libbpf.BPF_PROG_TYPE_SCHED_CLS, -1))
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def _stats_ok(obj: BpfObject) -> bool:
 
 
 def _flow_packets(obj: BpfObject, variant: str) -> int:
-    m: BpfMap = obj.map("flows", elem_flags=_libbpf.BPF_F_LOCK if variant == "locked" else 0)
+    m: BpfMap = obj.map("flows", elem_flags=libbpf.BPF_F_LOCK if variant == "locked" else 0)
     keys, vals = m.read_all()
     raw = np.ascontiguousarray(vals).view("<u8").reshape(len(keys), m.ncpus, m.slot // 8)
     return int(raw[:, :, 0].sum())
@@ -114,7 +114,7 @@ def _flow_packets(obj: BpfObject, variant: str) -> int:
 
 def _per_packet(objs: dict[str, BpfObject], empties: dict[str, int], p: Params) -> dict[tuple[str, str, str], float]:
     """Median ns per packet above the empty program, by (variant, hook, class)."""
-    lib = _libbpf.get()
+    lib = libbpf.get()
     classes = frames.frame_classes()
     samples: dict[tuple[str, str, str], list[int]] = {}
     for r in range(p.rounds):
@@ -134,7 +134,7 @@ def _per_packet(objs: dict[str, BpfObject], empties: dict[str, int], p: Params) 
 
 def _on_cpus(fd: int, frame: bytes, cpus: list[int], calls: int, repeat: int) -> float:
     """Mean kernel ns per packet with the program run on all `cpus` at once (one pinned thread each)."""
-    lib = _libbpf.get()
+    lib = libbpf.get()
     barrier = threading.Barrier(len(cpus))
     per: list[list[int]] = [[] for _ in cpus]
 
@@ -169,7 +169,7 @@ def run(*, quick: bool = False) -> str:
     p = QUICK if quick else FULL
     if shutil.which("clang") is None:
         raise SystemExit("bench: the variants need clang to build (make deps)")
-    lib = _libbpf.get()
+    lib = libbpf.get()
     cpus = sorted(range(os.cpu_count() or 1))
     paths = build_variants()
     objs: dict[str, BpfObject] = {}

@@ -82,7 +82,7 @@ def datapath() -> Iterator[Callable[..., object]]:
     datapath made is reconciled and closed at teardown, whatever the test did."""
     if not IS_ROOT:
         pytest.skip(NOT_ROOT_REASON)
-    from xtrace_catch.datapath import Datapath, DatapathConfig
+    from xtrace_catch.kernel.datapath import Datapath, DatapathConfig
 
     made: list[Datapath] = []
 

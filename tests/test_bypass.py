@@ -41,9 +41,9 @@ from vm import http
 
 from xtrace_catch import agent
 from xtrace_catch.rdma.bypass import BypassPort, BypassTracker, kernel_roce_bytes, resolve_port
-from xtrace_catch.collector import NV, Interval, V
+from xtrace_catch.flows.collector import NV, Interval, V
 from xtrace_catch.errors import UsageError
-from xtrace_catch.layout import FLOW_KEY, STATS_FIELDS, TYPE_SLOTS, Direction, TrafficType
+from xtrace_catch.kernel.layout import FLOW_KEY, STATS_FIELDS, TYPE_SLOTS, Direction, TrafficType
 from xtrace_catch.settings import Settings
 
 ROCE = Path(__file__).resolve().parent / "data" / "sysfs" / "roce" / "sys"

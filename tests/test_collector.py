@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from frames import ETH_P_IP, IPPROTO_UDP, ether, ipv4, udp
 
-from xtrace_catch import _libbpf
-from xtrace_catch import collector as collector_mod
-from xtrace_catch.collector import NV, Collector, Interval, V, key_hash
-from xtrace_catch.datapath import PROG_XDP, Datapath, DatapathConfig
+from xtrace_catch.kernel import libbpf
+from xtrace_catch.flows import collector as collector_mod
+from xtrace_catch.flows.collector import NV, Collector, Interval, V, key_hash
+from xtrace_catch.kernel.datapath import PROG_XDP, Datapath, DatapathConfig
 from xtrace_catch.errors import MapError
-from xtrace_catch.layout import FLOW_KEY, FLOW_VALUE, STATS, STATS_FIELDS, TYPE_SLOTS
-from xtrace_catch.maps import CounterReader, IterReader
+from xtrace_catch.kernel.layout import FLOW_KEY, FLOW_VALUE, STATS, STATS_FIELDS, TYPE_SLOTS
+from xtrace_catch.kernel.maps import CounterReader, IterReader
 
 PK, BY = V["packets"], V["bytes"]
 
@@ -386,9 +386,9 @@ def test_real_map_exact(xdp_datapath: Datapath, monkeypatch: pytest.MonkeyPatch,
             refused.append(key)
             raise MapError("bpf_map_lookup_and_delete_elem failed: EINVAL", errno.EINVAL)
 
-        monkeypatch.setattr(_libbpf.Libbpf, "map_lookup_and_delete", old_kernel)
+        monkeypatch.setattr(libbpf.Libbpf, "map_lookup_and_delete", old_kernel)
     dp = xdp_datapath
-    lib, fd = _libbpf.get(), dp.prog_fd(PROG_XDP)
+    lib, fd = libbpf.get(), dp.prog_fd(PROG_XDP)
     frames = {port: udp_frame(port, port % 50) for port in range(20000, 20120)}
     sent: dict[int, list[int]] = {p: [0, 0] for p in frames}
 

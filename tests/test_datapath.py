@@ -70,10 +70,10 @@ from frames import (
 )
 from pcaplib import read_frames, write_pcap
 
-from xtrace_catch import _libbpf
-from xtrace_catch.datapath import OBJECT_PATH, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP
+from xtrace_catch.kernel import libbpf
+from xtrace_catch.kernel.datapath import OBJECT_PATH, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP
 from xtrace_catch.errors import LibbpfError
-from xtrace_catch.layout import TYPE_SLOTS, VALUE_FIELDS, Filter, LinkType, TrafficType
+from xtrace_catch.kernel.layout import TYPE_SLOTS, VALUE_FIELDS, Filter, LinkType, TrafficType
 
 XDP_PASS = 2
 TC_ACT_UNSPEC = 0xFFFFFFFF  # -1 as the u32 retval
@@ -133,7 +133,7 @@ class Hook:
         self.name = name
         self.is_tc = name in TC_HOOKS
         self.fd = dp.prog_fd(prog)  # type: ignore[attr-defined]
-        self.lib = _libbpf.get()
+        self.lib = libbpf.get()
         self.wire_packets = 0  # what stats.seen must say
 
     def send(self, frame: bytes, *, gso_segs: int = 0, gso_size: int = 0, repeat: int = 1) -> None:
@@ -926,7 +926,7 @@ def test_direction_and_return_value(datapath) -> None:  # type: ignore[no-untype
     """One object with all three programs: XDP and TC ingress key direction 0, TC egress 1;
     XDP returns XDP_PASS and TC returns TC_ACT_UNSPEC (a monitor never changes traffic)."""
     dp = datapath()
-    lib = _libbpf.get()
+    lib = libbpf.get()
     f = v4(IPPROTO_UDP, udp(1, 2, PAYLOAD))
     rets = {name: lib.prog_test_run(dp.prog_fd(prog), f).retval for name, (prog, _d, _r) in HOOKS.items()}
     assert rets == {"xdp": XDP_PASS, "tc_ingress": TC_ACT_UNSPEC, "tc_egress": TC_ACT_UNSPEC}
@@ -955,7 +955,7 @@ def test_tunables_reach_the_kernel(datapath) -> None:  # type: ignore[no-untyped
     dp = datapath(programs=frozenset({PROG_XDP}), filter=Filter.ROCE_V2, exclude_dns=True,
                   link_type=LinkType.INFINIBAND)
     rodata = dp.obj.map(".rodata")
-    raw = _libbpf.get().map_lookup(rodata.fd, b"\0\0\0\0", rodata.value_len)
+    raw = libbpf.get().map_lookup(rodata.fd, b"\0\0\0\0", rodata.value_len)
     assert raw is not None
     got = {name: int.from_bytes(raw[off:off + size], "little") for name, (off, size) in syms.items()}
     assert got == {"cfg_filter": int(Filter.ROCE_V2), "cfg_exclude_dns": 1, "cfg_link_type": int(LinkType.INFINIBAND)}
@@ -990,7 +990,7 @@ def test_counts_from_every_cpu_share_one_value(make_hook) -> None:  # type: igno
 def _run_on_cpus(fd: int, frame: bytes, cpus: list[int], calls: int, repeat: int) -> None:
     """`calls` test runs of `repeat` packets on each CPU at once, one thread pinned per CPU (ctypes
     drops the GIL in the syscall, so the programs really run side by side)."""
-    lib = _libbpf.get()
+    lib = libbpf.get()
     start = threading.Barrier(len(cpus))
     errors: list[BaseException] = []
 
@@ -1034,7 +1034,7 @@ def test_new_flow_inserted_from_all_cpus_at_once_is_exact(make_hook) -> None:  #
     if len(cpus) < 2:
         pytest.skip("needs two CPUs to run the program on two CPUs at once")
     h = make_hook()
-    lib = _libbpf.get()
+    lib = libbpf.get()
     frames_ = [v4(IPPROTO_UDP, udp(1000 + i, 2000, PAYLOAD)) for i in range(200)]
     for f in frames_:
         start = threading.Barrier(len(cpus))

@@ -33,8 +33,8 @@ from vm import http
 
 from xtrace_catch import __version__
 from xtrace_catch.cli import _route
-from xtrace_catch.exporter import PushFormat, classify_url
-from xtrace_catch.layout import Filter
+from xtrace_catch.export.push import PushFormat, classify_url
+from xtrace_catch.kernel.layout import Filter
 from xtrace_catch.settings import DEFAULT_VM_URL, DirectionChoice, Mode, Output
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -165,7 +165,7 @@ def test_victoria_metrics_starts_after_the_agent(pair: VethPair,
     # made before the backlog went out: it may be lower).
     assert m and int(m.group(1)) >= 4 * 4 and 0 <= last_value(late) <= int(m.group(1)), (line, last_value(late))
     # One line when it failed, one when it recovered: the run was shorter than a minute.
-    assert len([e for e in a.err if "xtrace_catch.exporter" in e]) == 2, a.err
+    assert len([e for e in a.err if "xtrace_catch.export.push" in e]) == 2, a.err
     (cons,) = by_name(series, "xtrace_agent_push_consecutive_failures")
     assert last_value(cons) == 0
     # The first batch was made before any push failed (reason "none"), the later ones after.
@@ -189,7 +189,7 @@ def test_dns_failure_is_said_with_the_name(pair: VethPair) -> None:
         for f in etc.iterdir():
             f.unlink()
         etc.rmdir()
-    assert line.startswith(f"xtrace-catch: WARNING xtrace_catch.exporter: pushing to {url} failed: DNS lookup of "
+    assert line.startswith(f"xtrace-catch: WARNING xtrace_catch.export.push: pushing to {url} failed: DNS lookup of "
                            "vm.xtrace-test.invalid failed"), line
     summaries = [r for r in a.records() if r["record"] == "summary"]
     assert len(summaries) == count
@@ -273,7 +273,7 @@ def test_fleet_path_through_vmagent_survives_a_30s_outage(pair: VethPair, tmp_pa
     series = check_stored(vm, pair, n1 + n2, count)
     (failures,) = by_name(series, "xtrace_agent_push_failures_total")
     assert last_value(failures) == 0  # vmagent took every push; the outage was behind it
-    assert not [e for e in a.err if "xtrace_catch.exporter" in e], a.err
+    assert not [e for e in a.err if "xtrace_catch.export.push" in e], a.err
 
 
 _REFUSER = r"""
@@ -357,7 +357,7 @@ def test_bad_credentials_one_clear_line_agent_keeps_running(pair: VethPair, tmp_
     assert a.err == [
         f"xtrace-catch: TC program attached to {pair.ifname} (ingress)",
         f"xtrace-catch: pushing metrics to {url} (text)",
-        "xtrace-catch: ERROR xtrace_catch.exporter: VictoriaMetrics refused a push with HTTP 401 "
+        "xtrace-catch: ERROR xtrace_catch.export.push: VictoriaMetrics refused a push with HTTP 401 "
         "(check the credentials): Unauthorized: wrong user or password",
     ]
     assert all(password not in line for line in a.out)

@@ -23,12 +23,12 @@ import pytest
 from test_metrics import A4, B4, T0, interval, key, table
 from vm import VictoriaMetrics, free_port, victoria_metrics  # noqa: F401 (fixture)
 
-from xtrace_catch import exporter
-from xtrace_catch.collector import Interval
-from xtrace_catch.exporter import PushFormat, Pusher
-from xtrace_catch.layout import STATS_FIELDS, TrafficType
-from xtrace_catch.metrics import Batch, SeriesTable, render_text
-from xtrace_catch.remote_write import RemoteWriteEncoder, messages, unsnappy_block
+from xtrace_catch.export import push
+from xtrace_catch.flows.collector import Interval
+from xtrace_catch.export.push import PushFormat, Pusher
+from xtrace_catch.kernel.layout import STATS_FIELDS, TrafficType
+from xtrace_catch.export.series import Batch, SeriesTable, render_text
+from xtrace_catch.export.remote_write import RemoteWriteEncoder, messages, unsnappy_block
 from xtrace_catch.settings import Credentials, ExportSettings, Settings
 
 TEXT_PATH = "/api/v1/import/prometheus"
@@ -216,7 +216,7 @@ def test_timeout_is_retried() -> None:
 def test_connection_refused_until_a_server_appears(caplog: pytest.LogCaptureFixture) -> None:
     """Said at once with its reason, not again within the minute, and the recovery with the
     samples delivered late (both batches: queued while nothing listened)."""
-    caplog.set_level(logging.WARNING, logger="xtrace_catch.exporter")
+    caplog.set_level(logging.WARNING, logger="xtrace_catch.export.push")
 
     async def main() -> None:
         t = table()
@@ -263,7 +263,7 @@ def test_connection_refused_until_a_server_appears(caplog: pytest.LogCaptureFixt
 
 
 def test_https_to_a_plain_http_server_names_the_cause(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="xtrace_catch.exporter")
+    caplog.set_level(logging.WARNING, logger="xtrace_catch.export.push")
 
     async def main() -> Pusher:
         t = table()
@@ -285,7 +285,7 @@ def test_https_to_a_plain_http_server_names_the_cause(caplog: pytest.LogCaptureF
 
 def test_a_hanging_server_is_a_timeout_said_once(caplog: pytest.LogCaptureFixture) -> None:
     """A server that accepts and never answers: each attempt times out; one line for the run."""
-    caplog.set_level(logging.WARNING, logger="xtrace_catch.exporter")
+    caplog.set_level(logging.WARNING, logger="xtrace_catch.export.push")
 
     async def main() -> Pusher:
         t = table()
@@ -306,8 +306,8 @@ def test_a_hanging_server_is_a_timeout_said_once(caplog: pytest.LogCaptureFixtur
 
 
 def test_while_failing_one_line_per_period(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    caplog.set_level(logging.WARNING, logger="xtrace_catch.exporter")
-    monkeypatch.setattr(exporter, "FAILURE_LOG_EVERY_S", 0.2)
+    caplog.set_level(logging.WARNING, logger="xtrace_catch.export.push")
+    monkeypatch.setattr(push, "FAILURE_LOG_EVERY_S", 0.2)
 
     async def main() -> tuple[Pusher, float]:
         t = table()
@@ -406,7 +406,7 @@ def test_buffer_keeps_the_newest_batch_even_if_larger_than_the_bound() -> None:
 
 
 def test_large_batches_go_in_chunks_retried_per_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(exporter, "SERIES_PER_REQUEST", 2)
+    monkeypatch.setattr(push, "SERIES_PER_REQUEST", 2)
 
     async def main() -> None:
         t = table()

@@ -59,11 +59,11 @@ from test_e2e_run import Key, Traffic, aggregate, attached_line, check_accountin
 from test_export_e2e import NsProcess
 from vm import http
 
-from xtrace_catch import _libbpf
+from xtrace_catch.kernel import libbpf
 from xtrace_catch.agent import Export
-from xtrace_catch.collector import Collector
-from xtrace_catch.datapath import PROG_TC_EGRESS, PROG_XDP, Datapath, DatapathConfig
-from xtrace_catch.layout import STATS_FIELDS, TYPE_SLOTS, TrafficType
+from xtrace_catch.flows.collector import Collector
+from xtrace_catch.kernel.datapath import PROG_TC_EGRESS, PROG_XDP, Datapath, DatapathConfig
+from xtrace_catch.kernel.layout import STATS_FIELDS, TYPE_SLOTS, TrafficType
 from xtrace_catch.settings import ExportSettings, Settings
 
 kernel = pytest.mark.kernel
@@ -358,7 +358,7 @@ def test_flow_map_full_overflow_exact_then_eviction_makes_room(prog: str) -> Non
 
 def _map_pressure(dp: Datapath, prog: str) -> None:
     direction = 1 if prog == PROG_TC_EGRESS else 0
-    lib = _libbpf.get()
+    lib = libbpf.get()
     fd = dp.prog_fd(prog)
     gen = DistinctFlows()
     # (direction, type) -> [packets, bytes, {counter: n}]

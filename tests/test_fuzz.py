@@ -43,10 +43,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from test_datapath import OPCODE_CLASS
 
-from xtrace_catch import _libbpf
-from xtrace_catch.datapath import PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP
+from xtrace_catch.kernel import libbpf
+from xtrace_catch.kernel.datapath import PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP
 from xtrace_catch.errors import LibbpfError
-from xtrace_catch.layout import FLOW_KEY, STATS_FIELDS, VALUE_FIELDS, TrafficType
+from xtrace_catch.kernel.layout import FLOW_KEY, STATS_FIELDS, VALUE_FIELDS, TrafficType
 
 pytestmark = pytest.mark.kernel
 
@@ -349,7 +349,7 @@ class Group:
 
 
 def test_random_and_mutated_frames(datapath) -> None:  # type: ignore[no-untyped-def]
-    lib = _libbpf.get()
+    lib = libbpf.get()
     # Well-formed frames must never overflow (a full map would hide a mislabelled key);
     # the random group's map is small so the overflow path is fuzzed too.
     # R's map is small enough for the random frames' distinct flows to fill it many times over

@@ -16,7 +16,7 @@ def _run(code: str) -> str:
 def test_agent_imports_leave_out_what_it_does_not_use() -> None:
     out = _run(
         "import sys\n"
-        "import xtrace_catch.cli, xtrace_catch.agent, xtrace_catch.exporter, xtrace_catch.remote_write\n"
+        "import xtrace_catch.cli, xtrace_catch.agent, xtrace_catch.export.push, xtrace_catch.export.remote_write\n"
         "mods = ('pyroute2.ndb.main', 'pyroute2.ipdb', 'pyroute2.nftables.main', 'pydantic', 'google.protobuf')\n"
         "print([m for m in mods if m in sys.modules], 'pyroute2.iproute.linux' in sys.modules)\n"
     )
@@ -46,7 +46,7 @@ def test_pyroute2_imported_first_is_left_alone() -> None:
 
 def test_protobuf_messages_still_load_on_use() -> None:
     out = _run(
-        "from xtrace_catch.remote_write import messages\n"
+        "from xtrace_catch.export.remote_write import messages\n"
         "print(sorted(messages()))\n"
     )
     assert out == "['Label', 'Sample', 'TimeSeries', 'WriteRequest']"

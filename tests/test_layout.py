@@ -13,12 +13,12 @@ from elftools.elf.elffile import ELFFile
 
 from frames import SKB_GSO_SEGS_OFF, SKB_GSO_SIZE_OFF, SKB_SIZE
 
-from xtrace_catch import layout
-from xtrace_catch._libbpf import MapBatchOpts, TestRunOpts
-from xtrace_catch.btf import Btf
-from xtrace_catch.datapath import OBJECT_PATH, Datapath, DatapathConfig
+from xtrace_catch.kernel import layout
+from xtrace_catch.kernel.libbpf import MapBatchOpts, TestRunOpts
+from xtrace_catch.kernel.btf import Btf
+from xtrace_catch.kernel.datapath import OBJECT_PATH, Datapath, DatapathConfig
 from xtrace_catch.errors import ObjectError
-from xtrace_catch.layout import (
+from xtrace_catch.kernel.layout import (
     FLOW_KEY,
     FLOW_VALUE,
     RODATA_VARS,

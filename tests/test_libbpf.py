@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from xtrace_catch import _libbpf
-from xtrace_catch.datapath import OBJECT_PATH, PROG_XDP, Datapath, DatapathConfig
+from xtrace_catch.kernel import libbpf
+from xtrace_catch.kernel.datapath import OBJECT_PATH, PROG_XDP, Datapath, DatapathConfig
 from xtrace_catch.errors import LibbpfError, LoadError, MapError, ObjectError, OpenError
-from xtrace_catch.object import BpfObject
+from xtrace_catch.kernel.object import BpfObject
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,10 +37,10 @@ def _run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 _GET_AND_REPORT = """
-from xtrace_catch import _libbpf
+from xtrace_catch.kernel import libbpf
 from xtrace_catch.errors import LibbpfNotFound
 try:
-    _libbpf.get()
+    libbpf.get()
 except LibbpfNotFound as exc:
     print("LibbpfNotFound:", exc)
 else:
@@ -52,9 +52,9 @@ else:
 
 
 def test_version_and_info() -> None:
-    lib = _libbpf.get()
-    assert lib is _libbpf.get()  # one process-wide instance
-    assert lib.version >= _libbpf.MIN_VERSION
+    lib = libbpf.get()
+    assert lib is libbpf.get()  # one process-wide instance
+    assert lib.version >= libbpf.MIN_VERSION
     assert lib.version_string == f"v{lib.version[0]}.{lib.version[1]}"
     info = lib.info()
     assert Path(info.path).is_file() and "libbpf" in Path(info.path).name
@@ -82,7 +82,7 @@ def test_xtrace_libbpf_not_libbpf_is_libbpf_not_found() -> None:
 
 def test_too_old_libbpf_is_refused(gcc: str, tmp_path: Path) -> None:
     """A stub library with every symbol the binding declares, claiming version 0.8."""
-    names = re.findall(r'"(\w+)": \(', inspect.getsource(_libbpf.Libbpf._declare))
+    names = re.findall(r'"(\w+)": \(', inspect.getsource(libbpf.Libbpf._declare))
     assert "bpf_prog_test_run_opts" in names and "libbpf_major_version" in names
     src = tmp_path / "stub.c"
     body = []
@@ -102,26 +102,26 @@ def test_too_old_libbpf_is_refused(gcc: str, tmp_path: Path) -> None:
 
 
 def test_errno_names() -> None:
-    assert _libbpf.errno_name(-errno.EPERM) == "EPERM (Operation not permitted)"
-    assert _libbpf.errno_name(errno.ENOENT) == "ENOENT (No such file or directory)"
+    assert libbpf.errno_name(-errno.EPERM) == "EPERM (Operation not permitted)"
+    assert libbpf.errno_name(errno.ENOENT) == "ENOENT (No such file or directory)"
 
 
 def test_check_int_raises_the_given_class_with_errno_name_and_hint() -> None:
-    assert _libbpf.Libbpf.check_int(5, "x") == 5
+    assert libbpf.Libbpf.check_int(5, "x") == 5
     with pytest.raises(MapError) as exc:
-        _libbpf.Libbpf.check_int(-errno.E2BIG, "bpf_map_update_elem", MapError)
+        libbpf.Libbpf.check_int(-errno.E2BIG, "bpf_map_update_elem", MapError)
     assert exc.value.errno == errno.E2BIG
     assert str(exc.value) == "bpf_map_update_elem failed: E2BIG (Argument list too long); the map is full"
     with pytest.raises(LibbpfError) as exc2:
-        _libbpf.Libbpf.check_int(-errno.EPERM, "bpf_prog_load")
+        libbpf.Libbpf.check_int(-errno.EPERM, "bpf_prog_load")
     assert "EPERM" in str(exc2.value) and "run as root" in str(exc2.value)
 
 
 def test_check_ptr_uses_errno() -> None:
-    assert _libbpf.Libbpf.check_ptr(1234, "x") == 1234
+    assert libbpf.Libbpf.check_ptr(1234, "x") == 1234
     ctypes.set_errno(errno.EACCES)
     with pytest.raises(OpenError) as exc:
-        _libbpf.Libbpf.check_ptr(None, "opening thing", OpenError)
+        libbpf.Libbpf.check_ptr(None, "opening thing", OpenError)
     assert exc.value.errno == errno.EACCES and "EACCES" in str(exc.value)
     assert isinstance(exc.value, ObjectError) and isinstance(exc.value, LibbpfError)
 
@@ -131,7 +131,7 @@ def test_check_ptr_uses_errno() -> None:
 
 def test_kernel_errors_become_our_exceptions(datapath) -> None:  # type: ignore[no-untyped-def]
     dp = datapath(programs=frozenset({PROG_XDP}), max_flows=1)
-    lib = _libbpf.get()
+    lib = libbpf.get()
     # a closed fd number
     r, w = os.pipe()
     os.close(r)
@@ -173,7 +173,7 @@ def test_load_error_keeps_the_log() -> None:
 def test_no_fd_leak_over_many_cycles() -> None:
     """50 open/configure/load/use/close cycles, plus failing opens and loads, leave the
     process's fd table as it was."""
-    lib = _libbpf.get()
+    lib = libbpf.get()
     warm = Datapath(DatapathConfig(programs=frozenset({PROG_XDP}), max_flows=16))
     warm.close()
     before = _fds()

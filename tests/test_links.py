@@ -139,12 +139,12 @@ def test_xdp_link_generic_and_sigkill(pair: VethPair, env: dict[str, str]) -> No
 
 _FOREIGN_TCX = r"""
 import sys, time
-from xtrace_catch import _libbpf
+from xtrace_catch.kernel import libbpf
 import socket
-lib = _libbpf.get()
-fd = lib.load_trivial_program(_libbpf.BPF_PROG_TYPE_SCHED_CLS, -1, name="foreign_tcx")  # TCX_NEXT
+lib = libbpf.get()
+fd = lib.load_trivial_program(libbpf.BPF_PROG_TYPE_SCHED_CLS, -1, name="foreign_tcx")  # TCX_NEXT
 idx = socket.if_nametoindex(sys.argv[1])
-links = [lib.link_create(fd, idx, t, 0) for t in (_libbpf.BPF_TCX_INGRESS, _libbpf.BPF_TCX_EGRESS)]
+links = [lib.link_create(fd, idx, t, 0) for t in (libbpf.BPF_TCX_INGRESS, libbpf.BPF_TCX_EGRESS)]
 print("ready", flush=True)
 sys.stdin.read()
 """
@@ -183,9 +183,9 @@ def test_version_and_interfaces_say_the_attach_path(pair: VethPair, env: dict[st
     system = {**env, "XTRACE_LIBBPF": "libbpf.so.1"}  # Debian 12's 1.1: no TCX
     p = xtrace(pair.ns, ["--version"], env=system)
     assert p.returncode == 0, p.stderr
-    libbpf = run([sys.executable, "-c", "from xtrace_catch import _libbpf; print(_libbpf.get().has_tcx)"],
+    has_tcx = run([sys.executable, "-c", "from xtrace_catch.kernel import libbpf; print(libbpf.get().has_tcx)"],
                  env=system).stdout.strip()
-    want = "TC TCX link" if libbpf == "True" else "TC netlink clsact filter (libbpf"
+    want = "TC TCX link" if has_tcx == "True" else "TC netlink clsact filter (libbpf"
     assert want in p.stdout, p.stdout
     p = xtrace(pair.ns, ["--version"], env={**env, "XTRACE_ATTACH": "netlink"})
     assert "attach: XDP netlink (XTRACE_ATTACH=netlink); TC netlink clsact filter (XTRACE_ATTACH=netlink)" in p.stdout

@@ -34,10 +34,10 @@ from netns import AGENT_IP4, PEER_IP4, Agent, VethPair, send_frames, veth_pair, 
 from rich.console import Console
 
 from xtrace_catch.rdma.bypass import BypassPort
-from xtrace_catch.collector import NV, Collector, Interval, V
-from xtrace_catch.layout import FLOW_KEY, FLOW_VALUE, STATS, STATS_FIELDS, TYPE_SLOTS, Direction, TrafficType
-from xtrace_catch.live import TYPE_STYLE, ViewState, rate, render
-from xtrace_catch.output import decode_flows
+from xtrace_catch.flows.collector import NV, Collector, Interval, V
+from xtrace_catch.kernel.layout import FLOW_KEY, FLOW_VALUE, STATS, STATS_FIELDS, TYPE_SLOTS, Direction, TrafficType
+from xtrace_catch.flows.live import TYPE_STYLE, ViewState, rate, render
+from xtrace_catch.flows.output import decode_flows
 
 T, D = TrafficType, Direction
 NOW = datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)

@@ -17,13 +17,13 @@ import cramjam
 import numpy as np
 import pytest
 
-from xtrace_catch.collector import NV, Interval, V
+from xtrace_catch.flows.collector import NV, Interval, V
 from xtrace_catch.errors import UsageError
-from xtrace_catch.exporter import PushFormat, classify_url, redact_url
-from xtrace_catch.layout import FLOW_KEY, TYPE_SLOTS, Direction, TrafficType
-from xtrace_catch.metrics import FLOW_METRICS, LABELS, Batch, MetricsConfig, SeriesTable, escape_label, render_text
-from xtrace_catch.metrics_server import parse_addr
-from xtrace_catch.remote_write import PROTO_PATH, RemoteWriteEncoder, messages, snappy_block, unsnappy_block
+from xtrace_catch.export.push import PushFormat, classify_url, redact_url
+from xtrace_catch.kernel.layout import FLOW_KEY, TYPE_SLOTS, Direction, TrafficType
+from xtrace_catch.export.series import FLOW_METRICS, LABELS, Batch, MetricsConfig, SeriesTable, escape_label, render_text
+from xtrace_catch.export.server import parse_addr
+from xtrace_catch.export.remote_write import PROTO_PATH, RemoteWriteEncoder, messages, snappy_block, unsnappy_block
 
 ETH_P_IP, ETH_P_IPV6, ETH_P_ROCE = 0x0800, 0x86DD, 0x8915
 UDP, TCP = 17, 6
@@ -669,12 +669,12 @@ class FakeSource:
         return keys, vals
 
     def read_stats(self) -> np.void:
-        from xtrace_catch.layout import STATS
+        from xtrace_catch.kernel.layout import STATS
 
         return np.zeros(1, dtype=STATS)[0]
 
     def read_overflow(self) -> np.ndarray:
-        from xtrace_catch.layout import FLOW_VALUE
+        from xtrace_catch.kernel.layout import FLOW_VALUE
 
         return np.zeros((2, TYPE_SLOTS), dtype=FLOW_VALUE)
 
@@ -695,7 +695,7 @@ def test_counts_that_race_into_an_evicted_flow_reach_the_export() -> None:
     """Eviction is atomic (read-and-delete): packets that arrived after the batch read
     are added to the interval. They must reach the flow's series too, not only the text
     output, or its counter stays short forever."""
-    from xtrace_catch.collector import Collector
+    from xtrace_catch.flows.collector import Collector
 
     src = FakeSource()
     kb = np.array([UDP_KEY], dtype=FLOW_KEY).tobytes()

@@ -9,9 +9,9 @@ import random
 import numpy as np
 import pytest
 
-from xtrace_catch import output
-from xtrace_catch.collector import NV, Interval, V
-from xtrace_catch.layout import FLOW_KEY, Direction, TrafficType
+from xtrace_catch.flows import output
+from xtrace_catch.flows.collector import NV, Interval, V
+from xtrace_catch.kernel.layout import FLOW_KEY, Direction, TrafficType
 
 T, D = TrafficType, Direction
 TS = 1_704_164_645.25

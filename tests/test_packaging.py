@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from xtrace_catch.exporter import PushFormat, classify_url
+from xtrace_catch.export.push import PushFormat, classify_url
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "deploy" / "grafana"

@@ -422,8 +422,8 @@ def test_wrap_and_reset(roce: Path, caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_metrics_shape_totals_and_encoders(roce: Path) -> None:
-    from xtrace_catch.metrics import Batch, MetricsConfig, SeriesTable, render_text
-    from xtrace_catch.remote_write import RemoteWriteEncoder, messages
+    from xtrace_catch.export.series import Batch, MetricsConfig, SeriesTable, render_text
+    from xtrace_catch.export.remote_write import RemoteWriteEncoder, messages
 
     clock = Clock()
     rd = rdma.RdmaReader(roce, nccl=True, clock=clock, wall=lambda: WALL)

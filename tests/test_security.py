@@ -137,7 +137,7 @@ def test_secrets_never_shown(pair: VethPair, tmp_path: Path, server: str) -> Non
         assert not leaked, f"{kid}: {leaked} in the output:\n{text[-3000:]}"
         assert "Traceback" not in text, text[-3000:]
         if server == "401":
-            assert ("xtrace-catch: ERROR xtrace_catch.exporter: VictoriaMetrics refused a push with HTTP 401 "
+            assert ("xtrace-catch: ERROR xtrace_catch.export.push: VictoriaMetrics refused a push with HTTP 401 "
                     "(check the credentials): refused") in a.err, (kid, a.err)
     if srv:  # the credentials were really used
         got = {x.split(" ", 1)[1] for x in srv.lines if x.startswith("POST ")}

@@ -18,21 +18,23 @@ from typing import TYPE_CHECKING, TextIO, TypeVar
 
 import numpy as np
 
-from . import _libbpf, attach, output
+from . import attach
+from .kernel import libbpf
+from .flows import output
 from .rdma.bypass import BypassPort, BypassTracker, kernel_roce_bytes, resolve_port
-from .caps import check_bpf_privileges
-from .collector import Collector, FlowMapInfo, Interval
-from .metrics import Batch, MetricsConfig, SeriesTable, render_text
-from .datapath import PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, Datapath, DatapathConfig, default_dns_servers
-from .layout import Direction, LinkType
+from .kernel.caps import check_bpf_privileges
+from .flows.collector import Collector, FlowMapInfo, Interval
+from .export.series import Batch, MetricsConfig, SeriesTable, render_text
+from .kernel.datapath import PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, Datapath, DatapathConfig, default_dns_servers
+from .kernel.layout import Direction, LinkType
 from .errors import UsageError, XtraceError
 from .settings import Mode, Output, Settings
 
 if TYPE_CHECKING:
     from . import rdma
-    from .exporter import Pusher
-    from .live import LiveView
-    from .metrics_server import MetricsServer
+    from .export.push import Pusher
+    from .flows.live import LiveView
+    from .export.server import MetricsServer
 
 __all__ = ["run", "run_counters", "host_ip_for"]
 
@@ -69,7 +71,7 @@ class Emitter:
         if settings.output is Output.TABLE:
             from rich.console import Console
 
-            from .live import LiveView
+            from .flows.live import LiveView
 
             lv = LiveView(Console(file=out))
             if lv.is_terminal:
@@ -89,7 +91,7 @@ class Emitter:
     def emit(self, res: FlowResult) -> None:
         iv, bp = res
         if self.live is not None:
-            from .live import ViewState
+            from .flows.live import ViewState
 
             rows = output.decode_flows(iv.keys, iv.delta, iv.totals)
             self.live.update(ViewState(interface=self.iface, mode=self.mode_desc, iv=iv, rows=rows,
@@ -123,7 +125,7 @@ def run(settings: Settings, out: TextIO = sys.stdout, err: TextIO = sys.stderr) 
     Set-up and teardown (netlink, BPF load) are synchronous; only the interval loop runs
     in asyncio (pyroute2's synchronous API cannot be used inside a running loop)."""
     assert settings.mode in (Mode.XDP, Mode.TC)
-    _libbpf.tune_malloc()
+    libbpf.tune_malloc()
     iface = attach.get_interface(settings.interface)
     check_bpf_privileges()
     # Everything a user can get wrong is found before any program touches the interface.
@@ -273,14 +275,14 @@ class Export:
     async def start(self, notify: Notify) -> None:
         x = self.settings.export
         if x.vm_enabled:
-            from .exporter import Pusher, redact_url
+            from .export.push import Pusher, redact_url
 
             self.pusher = Pusher(x.vm_url, self.table, x.credentials, insecure=x.insecure,
                                  timeout=x.push_timeout_s, buffer_samples=x.push_buffer_samples)
             self._task = asyncio.create_task(self.pusher.run(self._stop))
             notify(f"pushing metrics to {redact_url(x.vm_url)} ({self.pusher.format.value})")
         if x.metrics_addr is not None:
-            from .metrics_server import MetricsServer
+            from .export.server import MetricsServer
 
             self.server = MetricsServer(x.metrics_addr[0], x.metrics_addr[1], self.render, sock=self._listener)
             await self.server.start()
@@ -435,7 +437,7 @@ def _metrics_listener(settings: Settings) -> Iterator[socket.socket | None]:
     if addr is None:
         yield None
         return
-    from .metrics_server import listen
+    from .export.server import listen
 
     sock = listen(*addr)
     try:

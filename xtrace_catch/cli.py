@@ -20,7 +20,7 @@ import typer  # noqa: E402 - after the environment above
 
 from . import __version__  # noqa: E402
 from .errors import LoadError, UsageError, XtraceError  # noqa: E402
-from .layout import DEFAULT_FLOWS  # noqa: E402
+from .kernel.layout import DEFAULT_FLOWS  # noqa: E402
 from .settings import DEFAULT_VM_URL, ExportSettings  # noqa: E402
 
 __all__ = ["app", "main"]
@@ -157,8 +157,8 @@ def _export_settings(vm_enabled: bool | None, vm_url: str, collect_agg: str, vm_
     """Validate the export options (and their environment variables) before anything starts."""
     import os
 
-    from .exporter import classify_url
-    from .metrics_server import parse_addr
+    from .export.push import classify_url
+    from .export.server import parse_addr
     from .settings import Credentials, parse_bool
 
     env = dict(os.environ)
@@ -198,11 +198,11 @@ def _print_rdma_links() -> None:
 
 
 def _print_attach_paths() -> None:
-    from . import _libbpf
+    from .kernel import libbpf
     from .attach import attach_paths
 
     try:
-        _libbpf.get()
+        libbpf.get()
     except XtraceError:
         return
     paths = attach_paths()
@@ -239,7 +239,7 @@ def cleanup_cmd(
     _setup_logging(verbose)
     _check_empty_env(ctx, {"interface": "NETWORK_INTERFACE"})
     from .attach import cleanup
-    from .caps import check_bpf_privileges
+    from .kernel.caps import check_bpf_privileges
 
     check_bpf_privileges()
     removed = cleanup(interface)
@@ -255,9 +255,9 @@ def version_cmd() -> None:
     """Print the version, the libbpf in use and the kernel."""
     print(f"xtrace-catch {__version__}")
     try:
-        from . import _libbpf
+        from .kernel import libbpf
 
-        info = _libbpf.get().info()
+        info = libbpf.get().info()
         print(f"libbpf {info.version.lstrip('v')} ({info.source}: {info.path})")
         from .attach import attach_paths
 

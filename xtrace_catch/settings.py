@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import UsageError
-from .layout import DEFAULT_FLOWS, Direction, Filter
+from .kernel.layout import DEFAULT_FLOWS, Direction, Filter
 
 __all__ = ["Mode", "Output", "DirectionChoice", "Settings", "ExportSettings", "Credentials", "parse_bool",
            "INTERVAL_MIN_MS", "INTERVAL_MAX_MS", "DEFAULT_VM_URL"]
@@ -209,7 +209,7 @@ class Settings:
             raise UsageError(f"--idle-timeout {idle_timeout}: give seconds > 0")
         if not 1024 <= max_flows <= (1 << 24):
             raise UsageError(f"--max-flows {max_flows} out of range; give 1024..{1 << 24}")
-        from .datapath import addr16  # validates addresses
+        from .kernel.datapath import addr16  # validates addresses
         for s in dns_servers:
             addr16(s)
         return cls(interface=interface, mode=m, direction=d, filter=f, interval_ms=ivl, exclude_dns=exclude_dns,

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..collector import Interval, V
+from ..flows.collector import Interval, V
 from ..errors import UsageError
-from ..layout import Direction, TrafficType
+from ..kernel.layout import Direction, TrafficType
 from .counters import DATA_WORD, counter_step
 from .devices import list_devices, netdev_links
 from .reader import RdmaReader

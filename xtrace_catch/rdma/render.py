@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..output import rfc3339
+from ..flows.output import rfc3339
 from .records import PortDelta, REQUEST_COUNTERS, health_flags
 
 __all__ = [

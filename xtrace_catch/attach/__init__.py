@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from . import _libbpf
-from .errors import AttachError, HookBusyError, LibbpfError, UsageError
-from .layout import Direction
+from ..kernel import libbpf
+from ..errors import AttachError, HookBusyError, LibbpfError, UsageError
+from ..kernel.layout import Direction
 
 
 
@@ -108,8 +108,8 @@ ARPHRD_INFINIBAND = 32
 
 
 ATTACH_POLICIES = ("auto", "link", "netlink")
-TCX_TYPE = {Direction.INGRESS: _libbpf.BPF_TCX_INGRESS, Direction.EGRESS: _libbpf.BPF_TCX_EGRESS}
-TCX_PLACE = {Direction.INGRESS: _libbpf.BPF_F_BEFORE, Direction.EGRESS: _libbpf.BPF_F_AFTER}
+TCX_TYPE = {Direction.INGRESS: libbpf.BPF_TCX_INGRESS, Direction.EGRESS: libbpf.BPF_TCX_EGRESS}
+TCX_PLACE = {Direction.INGRESS: libbpf.BPF_F_BEFORE, Direction.EGRESS: libbpf.BPF_F_AFTER}
 # What a kernel without the link type answers BPF_LINK_CREATE with.
 _NO_LINK = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS, errno.EPROTONOSUPPORT)
 
@@ -133,7 +133,7 @@ def _kernel_at_least(major: int, minor: int) -> bool:
 def attach_paths() -> dict[str, str]:
     """The attach path each hook will take on this kernel with this libbpf (for --version)."""
     policy = attach_policy()
-    lib = _libbpf.get()
+    lib = libbpf.get()
     if policy == "netlink":
         return {"xdp": "netlink (XTRACE_ATTACH=netlink)", "tc": "netlink clsact filter (XTRACE_ATTACH=netlink)"}
     xdp = "BPF link" if _kernel_at_least(5, 9) else "netlink (kernel < 5.9 has no XDP links)"
@@ -247,7 +247,7 @@ def _xdp_attrs(link: object) -> dict[str, object]:
 
 
 def _prog_name(prog_id: int) -> str:
-    lib = _libbpf.get()
+    lib = libbpf.get()
     try:
         fd = lib.prog_fd_by_id(prog_id)
     except LibbpfError:
@@ -395,7 +395,7 @@ class _XdpAttachment(_LinkHolder):
     def _try_link(self, flag: int) -> bool:
         """Attach through an XDP link in `flag`'s mode. False where the kernel has no XDP links."""
         try:
-            self.link_fd = _libbpf.get().link_create(self.fd, self.iface.index, _libbpf.BPF_XDP, flags=flag)
+            self.link_fd = libbpf.get().link_create(self.fd, self.iface.index, libbpf.BPF_XDP, flags=flag)
             return True
         except LibbpfError as exc:
             code = exc.errno
@@ -405,8 +405,8 @@ class _XdpAttachment(_LinkHolder):
                 raise NetlinkError(code, str(exc)) from exc  # native refused: the caller tries generic
             if code not in _NO_LINK or self.need_link:
                 raise AttachError(f"attaching XDP to {self.iface.name} through a BPF link failed: "
-                                  f"{_libbpf.errno_name(code)}") from exc
-            log.info("XDP link on %s refused (%s): using netlink", self.iface.name, _libbpf.errno_name(exc.errno))
+                                  f"{libbpf.errno_name(code)}") from exc
+            log.info("XDP link on %s refused (%s): using netlink", self.iface.name, libbpf.errno_name(exc.errno))
             return False
 
     def _set(self, flags: int, fd: int, expected: int | None = None) -> None:
@@ -466,7 +466,7 @@ class _XdpAttachment(_LinkHolder):
         hint = ("the driver does not support native XDP: try --xdp-mode generic"
                 if code in (errno.EOPNOTSUPP, errno.EINVAL) and mode == XdpMode.NATIVE else
                 "run as root or grant CAP_NET_ADMIN" if code == errno.EPERM else "run with -v for details")
-        raise AttachError(f"attaching XDP to {name} failed: {_libbpf.errno_name(code)}; {hint}") from last_exc
+        raise AttachError(f"attaching XDP to {name} failed: {libbpf.errno_name(code)}; {hint}") from last_exc
 
     def _record(self) -> None:
         _write_record(_xdp_state_file(self.iface.name), {"ifindex": self.iface.index,
@@ -521,7 +521,7 @@ class _TcAttachment:
             hint = "run as root or grant CAP_NET_ADMIN" if code == errno.EPERM else (
                 f"another filter uses prio {TC_PRIO} with another protocol; see 'tc filter show dev {name} {d.label}'"
                 if code == errno.EINVAL else "run with -v for details")
-            raise AttachError(f"attaching TC {d.label} to {name} failed: {_libbpf.errno_name(code)}; {hint}") from exc
+            raise AttachError(f"attaching TC {d.label} to {name} failed: {libbpf.errno_name(code)}; {hint}") from exc
         self.attached = True
 
     def detach(self) -> None:
@@ -554,7 +554,7 @@ class _TcxAttachment(_LinkHolder):
 def _tcx_link(iface: Interface, direction: Direction, prog_fd: int, need: bool) -> int | None:
     """A TCX link for `prog_fd` (first on ingress, last on egress), or None where the kernel or
     libbpf has no TCX and `need` is False."""
-    lib = _libbpf.get()
+    lib = libbpf.get()
     if not lib.has_tcx:
         if need:
             raise AttachError(f"XTRACE_ATTACH=link: libbpf {lib.version_string.lstrip('v')} at {lib.path} has no "
@@ -565,18 +565,18 @@ def _tcx_link(iface: Interface, direction: Direction, prog_fd: int, need: bool) 
     except LibbpfError as exc:
         if exc.errno in _NO_LINK and not need:
             log.info("TCX link on %s %s refused (%s): using a netlink clsact filter", iface.name, direction.label,
-                     _libbpf.errno_name(exc.errno))
+                     libbpf.errno_name(exc.errno))
             return None
         hint = ("this kernel has no TCX (Linux >= 6.6); unset XTRACE_ATTACH=link" if exc.errno in _NO_LINK
                 else "run as root or grant CAP_NET_ADMIN and CAP_BPF" if exc.errno == errno.EPERM
                 else "run with -v for details")
         raise AttachError(f"attaching TC {direction.label} to {iface.name} through a TCX link failed: "
-                          f"{_libbpf.errno_name(exc.errno)}; {hint}") from exc
+                          f"{libbpf.errno_name(exc.errno)}; {hint}") from exc
 
 
 def tcx_programs(iface: Interface) -> dict[Direction, list[tuple[int, str]]]:
     """(id, name) of the programs in the interface's TCX chains, per direction (none before 6.6)."""
-    lib = _libbpf.get()
+    lib = libbpf.get()
     out: dict[Direction, list[tuple[int, str]]] = {}
     for d in Direction:
         try:
@@ -685,7 +685,7 @@ class Attachments:
             except NetlinkError as exc:
                 if _err(exc) != errno.EEXIST:
                     raise AttachError(
-                        f"adding a clsact qdisc to {self.iface.name} failed: {_libbpf.errno_name(_err(exc))}; "
+                        f"adding a clsact qdisc to {self.iface.name} failed: {libbpf.errno_name(_err(exc))}; "
                         "run as root or grant CAP_NET_ADMIN"
                     ) from exc
         elif not self._created_qdisc and _stale_state_is_ours(self.iface):
@@ -794,7 +794,7 @@ def _detach_xdp_prog(ipr: IPRoute, index: int, prog_id: int) -> bool:
     With CAP_SYS_ADMIN the kernel checks that (XDP_FLAGS_REPLACE + its fd as expected fd);
     without it no fd can be had by id, so we check the attached id just before detaching
     (we hold the hook's lock, so no other agent of ours attaches in between)."""
-    lib = _libbpf.get()
+    lib = libbpf.get()
     try:
         fd: int | None = lib.prog_fd_by_id(prog_id)
     except LibbpfError:

@@ -23,8 +23,8 @@ from typing import Protocol
 
 import numpy as np
 
-from .layout import FLOW_KEY, FLOW_VALUE, STATS_FIELDS, VALUE_FIELDS
-from .maps import BpfMap, CounterReader
+from ..kernel.layout import FLOW_KEY, FLOW_VALUE, STATS_FIELDS, VALUE_FIELDS
+from ..kernel.maps import BpfMap, CounterReader
 
 __all__ = ["Collector", "Interval", "FlowSource", "FlowMapInfo", "V", "key_hash", "key_bytes"]
 

@@ -29,9 +29,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .errors import UsageError
-from .settings import Credentials
-from .metrics import Batch, SeriesTable, render_text
+from ..errors import UsageError
+from ..settings import Credentials
+from .series import Batch, SeriesTable, render_text
 from .remote_write import HEADERS as RW_HEADERS
 from .remote_write import RemoteWriteEncoder
 

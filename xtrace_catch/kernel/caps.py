@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import PrivilegeError
+from ..errors import PrivilegeError
 
 __all__ = ["effective_caps", "check_bpf_privileges", "CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_PERFMON", "CAP_BPF"]
 

@@ -7,7 +7,7 @@ import logging
 import socket
 from collections.abc import Callable
 
-from .errors import UsageError
+from ..errors import UsageError
 
 __all__ = ["parse_addr", "listen", "MetricsServer", "CONTENT_TYPE"]
 

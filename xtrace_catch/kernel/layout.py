@@ -11,7 +11,7 @@ import enum
 import numpy as np
 
 from .btf import Btf
-from .errors import ObjectError
+from ..errors import ObjectError
 
 __all__ = [
     "TrafficType",
@@ -146,7 +146,7 @@ _STRUCTS = {"flow_key": FLOW_KEY, "flow_value": FLOW_VALUE, "xtrace_stats": STAT
 def check_layout(btf: Btf) -> None:
     """Raise ObjectError naming the struct and field where the object's BTF and this
     module disagree (a stale object or a header changed without this mirror)."""
-    fix = "rebuild the object with 'make bpf' or update xtrace_catch/layout.py to match ebpf/xtrace.h"
+    fix = "rebuild the object with 'make bpf' or update xtrace_catch/kernel/layout.py to match ebpf/xtrace.h"
     for sname, dt in _STRUCTS.items():
         try:
             lay = btf.struct(sname)

@@ -32,7 +32,7 @@ from ctypes import (
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LibbpfError, LibbpfNotFound, MapError
+from ..errors import LibbpfError, LibbpfNotFound, MapError
 
 __all__ = [
     "Libbpf",
@@ -162,7 +162,7 @@ def _candidates() -> list[tuple[str, str]]:
     if env:
         out.append((env, "XTRACE_LIBBPF"))
         return out
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # the package root: lib/ sits beside kernel/
     for base in (here.parent / "vendor-libbpf" / "build", here / "lib"):
         for name in ("lib/libbpf.so.1", "lib64/libbpf.so.1", "libbpf.so.1"):
             p = base / name

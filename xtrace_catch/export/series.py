@@ -18,10 +18,10 @@ from sys import intern
 
 import numpy as np
 
-from .collector import Interval, V
-from .layout import Direction, TrafficType
-from .collector import key_bytes
-from .output import addr_text, key_columns
+from ..flows.collector import Interval, V
+from ..kernel.layout import Direction, TrafficType
+from ..flows.collector import key_bytes
+from ..flows.output import addr_text, key_columns
 
 __all__ = [
     "FLOW_METRICS",

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import cramjam
 
-from .metrics import FLOW_METRICS, LABELS, Batch, SeriesTable
+from .series import FLOW_METRICS, LABELS, Batch, SeriesTable
 
 __all__ = ["PROTO_PATH", "messages", "RemoteWriteEncoder", "snappy_block", "unsnappy_block", "HEADERS"]
 
-PROTO_PATH = Path(__file__).resolve().parent / "proto" / "remote_write.proto"
+PROTO_PATH = Path(__file__).resolve().parent.parent / "proto" / "remote_write.proto"
 HEADERS = {
     "Content-Type": "application/x-protobuf",
     "Content-Encoding": "snappy",

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _libbpf
-from .errors import MapError
+from . import libbpf
+from ..errors import MapError
 
 __all__ = ["BpfMap", "CounterReader", "IterReader", "MapInfo", "PERCPU_TYPES"]
 
@@ -45,7 +45,7 @@ class BpfMap:
 
     def __init__(self, info: MapInfo, value_dtype: np.dtype | None = None, key_dtype: np.dtype | None = None,
                  elem_flags: int = 0):
-        self.lib = _libbpf.get()
+        self.lib = libbpf.get()
         self.info = info
         # BPF_F_LOCK for a map whose values hold a bpf_spin_lock (bench/variants.py's "locked"):
         # every read then copies under it.
@@ -92,7 +92,7 @@ class BpfMap:
             return None
         return np.frombuffer(raw, dtype=self._slot_dtype)
 
-    def update(self, key: bytes, value: bytes, flags: int = _libbpf.BPF_ANY) -> None:
+    def update(self, key: bytes, value: bytes, flags: int = libbpf.BPF_ANY) -> None:
         """Set `key`. For per-CPU maps `value` holds all CPUs' slots."""
         if len(value) != self.value_len:
             raise MapError(f"{self.info.name}: value is {len(value)} bytes, the map wants {self.value_len}")

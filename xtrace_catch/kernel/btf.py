@@ -14,7 +14,7 @@ from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
-from .errors import ObjectError
+from ..errors import ObjectError
 
 __all__ = ["Btf", "StructLayout", "Member"]
 

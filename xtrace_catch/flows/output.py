@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .collector import FlowMapInfo, Interval, V
-from .layout import Direction, TrafficType
+from ..kernel.layout import Direction, TrafficType
 
 __all__ = ["FlowRow", "decode_flows", "text_line", "json_record", "LineWriter", "summary", "summary_text", "rfc3339",
            "addr_text", "key_columns"]

@@ -1,6 +1,6 @@
 """The xtrace datapath: our object configured, loaded, and its maps decoded.
 
-Opening checks the object's BTF against :mod:`xtrace_catch.layout` (a stale object fails
+Opening checks the object's BTF against :mod:`xtrace_catch.kernel.layout` (a stale object fails
 loudly); tunables go into .rodata and the flow map is sized before load.
 """
 
@@ -16,10 +16,10 @@ from types import TracebackType
 
 import numpy as np
 
-from . import _libbpf
+from . import libbpf
 from .btf import Btf
-from .collector import FlowMapInfo
-from .errors import LibbpfError, LoadError, ObjectError, UsageError
+from ..flows.collector import FlowMapInfo
+from ..errors import LibbpfError, LoadError, ObjectError, UsageError
 from .layout import (
     DEFAULT_FLOWS,
     DNS_SERVERS_MAX,
@@ -49,7 +49,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-OBJECT_PATH = Path(__file__).resolve().parent / "bpf" / "xtrace.bpf.o"
+OBJECT_PATH = Path(__file__).resolve().parent.parent / "bpf" / "xtrace.bpf.o"
 PROG_XDP = "xtrace_xdp"
 PROG_TC_INGRESS = "xtrace_tc_ingress"
 PROG_TC_EGRESS = "xtrace_tc_egress"
@@ -154,7 +154,7 @@ class Datapath:
     def _link_iterator(self) -> None:
         """Every interval's read goes through the map iterator: no counter torn (maps.IterReader)."""
         try:
-            self._iter_link = _libbpf.get().map_iter_link(self.obj.prog_fd(PROG_READ_FLOWS), self.flows.fd)
+            self._iter_link = libbpf.get().map_iter_link(self.obj.prog_fd(PROG_READ_FLOWS), self.flows.fd)
         except LibbpfError as exc:
             log.info("the kernel refused to link the flow-map iterator (%s): reading with batch lookups", exc)
             return

@@ -12,9 +12,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .rdma.bypass import BypassPort
+from ..rdma.bypass import BypassPort
 from .collector import Interval
-from .layout import Direction, TrafficType
+from ..kernel.layout import Direction, TrafficType
 from .output import FlowRow
 
 __all__ = ["ViewState", "render", "LiveView", "rate", "TYPE_STYLE"]

@@ -11,8 +11,8 @@ import errno
 from pathlib import Path
 from types import TracebackType
 
-from . import _libbpf
-from .errors import LoadError, ObjectError, OpenError
+from . import libbpf
+from ..errors import LoadError, ObjectError, OpenError
 from .maps import BpfMap, MapInfo
 
 __all__ = ["BpfObject"]
@@ -23,7 +23,7 @@ class BpfObject:
 
     def __init__(self, data: bytes, name: str = "object") -> None:
         """Open the object from its ELF bytes (nothing reaches the kernel yet)."""
-        self.lib = _libbpf.get()
+        self.lib = libbpf.get()
         self.name = name
         self._loaded = False
         # libbpf keeps pointers into the buffer until close: keep it alive.
@@ -107,12 +107,12 @@ class BpfObject:
             text = self.lib.stop_capture()
         if ret < 0:
             err = -ret
-            hint = _libbpf.hint_for(err)
+            hint = libbpf.hint_for(err)
             if err in (errno.EPERM, errno.EACCES) and "verifier" not in text.lower() and "processed" not in text:
                 hint = "run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (and raise RLIMIT_MEMLOCK on kernels < 5.11)"
             if "vmlinux BTF" in text or "failed to find valid kernel BTF" in text:
                 hint = "this kernel has no BTF (/sys/kernel/btf/vmlinux); use a kernel built with CONFIG_DEBUG_INFO_BTF=y"
-            msg = f"loading BPF object {self.name} failed: {_libbpf.errno_name(err)}"
+            msg = f"loading BPF object {self.name} failed: {libbpf.errno_name(err)}"
             raise LoadError(msg + (f"; {hint}" if hint else "") + " (run with -v for libbpf's log)", err, text)
         self._loaded = True
 
