@@ -32,7 +32,7 @@ from typing import Any
 
 import frames
 import netenv
-from xtrace_catch.flows.collector import FlowMapInfo
+from xtrace_catch.kernel.datapath import FlowMapInfo
 from xtrace_catch.settings import Mode
 
 __all__ = ["NAME", "run", "Params", "FULL", "QUICK"]
@@ -197,8 +197,8 @@ def _breakdown(flows: int, rounds: int) -> tuple[dict[str, float], dict[str, flo
 
     import collector as collector_bench  # bench/collector.py: the map filler
 
-    from xtrace_catch.flows import output
-    from xtrace_catch.agent import Emitter, Export
+    from xtrace_catch.export.health import Export
+    from xtrace_catch.flows.emit import Emitter
     from xtrace_catch.flows.collector import Collector
     from xtrace_catch.kernel.datapath import PROG_TC_INGRESS, Datapath, DatapathConfig
     from xtrace_catch.export.push import SERIES_PER_REQUEST

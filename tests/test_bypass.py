@@ -39,7 +39,7 @@ import pytest
 from netns import AGENT_IP4, PEER_IP4, Agent, VethPair, in_ns, send_frames, veth_pair, wait_seen
 from vm import http
 
-from xtrace_catch import agent
+from xtrace_catch.rdma.run import bypass_tracker
 from xtrace_catch.rdma.bypass import BypassPort, BypassTracker, kernel_roce_bytes, resolve_port
 from xtrace_catch.flows.collector import NV, Interval, V
 from xtrace_catch.errors import UsageError
@@ -243,7 +243,7 @@ def test_agent_bypass_tracker_follows_the_options(roce: Path) -> None:
         return Settings.from_options(**base)  # type: ignore[arg-type]
 
     def tracker(s: Settings, ifname: str) -> object:
-        return agent._bypass_tracker(s, resolve_port(s.sysfs_root, ifname, s.rdma_device), said.append)
+        return bypass_tracker(s, resolve_port(s.sysfs_root, ifname, s.rdma_device), said.append)
 
     t = tracker(settings(), "eth2")
     assert isinstance(t, BypassTracker) and (t.device, t.port) == ("mlx5_0", 1)

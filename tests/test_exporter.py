@@ -335,7 +335,7 @@ def test_while_failing_one_line_per_period(caplog: pytest.LogCaptureFixture, mon
 
 def test_summary_record_and_metrics_carry_the_push_state() -> None:
     """What the summary record and /metrics say while a push is failing."""
-    from xtrace_catch.agent import Export
+    from xtrace_catch.export.health import Export
 
     async def main() -> tuple[dict[str, object], list[tuple[str, str, str, dict[str, str], float]]]:
         port = free_port()
@@ -461,7 +461,7 @@ def with_stats(iv: Interval) -> Interval:
 def test_buffered_batches_keep_their_labels_while_flows_come_and_go() -> None:
     """While VictoriaMetrics is down the agent keeps collecting: label sets of flows that
     are gone from later intervals must survive pruning until their batch is sent."""
-    from xtrace_catch.agent import Export
+    from xtrace_catch.export.health import Export
 
     class NoCollector:
         evicted_total = 0
@@ -598,7 +598,7 @@ def test_credentials_never_in_repr_or_logs(creds: Credentials, caplog: pytest.Lo
 
 def test_start_line_hides_a_password_in_the_url() -> None:
     """The agent's "pushing metrics to URL" line on stderr shows no password."""
-    from xtrace_catch.agent import Export
+    from xtrace_catch.export.health import Export
 
     class NoCollector:
         evicted_total = 0

@@ -60,7 +60,7 @@ from test_export_e2e import NsProcess
 from vm import http
 
 from xtrace_catch.kernel import libbpf
-from xtrace_catch.agent import Export
+from xtrace_catch.export.health import Export
 from xtrace_catch.flows.collector import Collector
 from xtrace_catch.kernel.datapath import PROG_TC_EGRESS, PROG_XDP, Datapath, DatapathConfig
 from xtrace_catch.kernel.layout import STATS_FIELDS, TYPE_SLOTS, TrafficType

@@ -143,10 +143,12 @@ def run_cmd(
         xdp_mode=xdp_mode, idle_timeout=idle_timeout, max_flows=max_flows, device=device, export=export,
         sysfs_root=sysfs_root, rdma_device=rdma_device, interface_given=_given(ctx, "interface"),
     )
+    if s.mode in (Mode.RDMA, Mode.NCCL):
+        from .rdma.run import run_counters
+
+        raise typer.Exit(run_counters(s))
     from . import agent
 
-    if s.mode in (Mode.RDMA, Mode.NCCL):
-        raise typer.Exit(agent.run_counters(s))
     raise typer.Exit(agent.run(s))
 
 
@@ -198,8 +200,8 @@ def _print_rdma_links() -> None:
 
 
 def _print_attach_paths() -> None:
-    from .kernel import libbpf
     from .attach import attach_paths
+    from .kernel import libbpf
 
     try:
         libbpf.get()

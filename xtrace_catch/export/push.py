@@ -31,9 +31,9 @@ import httpx
 
 from ..errors import UsageError
 from ..settings import Credentials
-from .series import Batch, SeriesTable, render_text
 from .remote_write import HEADERS as RW_HEADERS
 from .remote_write import RemoteWriteEncoder
+from .series import Batch, SeriesTable, render_text
 
 __all__ = ["PushFormat", "classify_url", "redact_url", "PushFailure", "describe_failure", "PushStats", "Pusher"]
 

@@ -18,10 +18,9 @@ from sys import intern
 
 import numpy as np
 
-from ..flows.collector import Interval, V
-from ..kernel.layout import Direction, TrafficType
-from ..flows.collector import key_bytes
+from ..flows.collector import Interval, V, key_bytes
 from ..flows.output import addr_text, key_columns
+from ..kernel.layout import Direction, TrafficType
 
 __all__ = [
     "FLOW_METRICS",

@@ -26,7 +26,7 @@ import numpy as np
 from ..kernel.layout import FLOW_KEY, FLOW_VALUE, STATS_FIELDS, VALUE_FIELDS
 from ..kernel.maps import BpfMap, CounterReader
 
-__all__ = ["Collector", "Interval", "FlowSource", "FlowMapInfo", "V", "key_hash", "key_bytes"]
+__all__ = ["Collector", "Interval", "FlowSource", "V", "key_hash", "key_bytes"]
 
 NV = len(VALUE_FIELDS)
 V = {name: i for i, name in enumerate(VALUE_FIELDS)}  # column of each counter
@@ -47,15 +47,6 @@ def key_hash(keys: np.ndarray) -> np.ndarray:
         h *= _MIX[j]
         h ^= np.right_shift(h, np.uint64(32), out=high)
     return h
-
-
-@dataclass(frozen=True)
-class FlowMapInfo:
-    """What the summary record and /metrics say of the kernel flow map."""
-
-    capacity: int
-    memory_bytes: int = 0  # kernel memory (BpfMap.kernel_memory); 0 when unknown
-    reads: str = ""  # "iterator" (the map iterator) or "batch" (batch lookups)
 
 
 class FlowSource(Protocol):

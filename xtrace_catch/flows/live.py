@@ -6,16 +6,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ..rdma.bypass import BypassPort
-from .collector import Interval
 from ..kernel.layout import Direction, TrafficType
+from .collector import Interval
 from .output import FlowRow
+
+if TYPE_CHECKING:
+    from ..rdma.bypass import BypassPort  # the shape of the bypass line; rdma imports flows, not back
 
 __all__ = ["ViewState", "render", "LiveView", "rate", "TYPE_STYLE"]
 

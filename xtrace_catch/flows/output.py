@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from sys import intern
 from typing import Any
 
 import numpy as np
 
-from .collector import FlowMapInfo, Interval, V
+from ..kernel.datapath import FlowMapInfo
 from ..kernel.layout import Direction, TrafficType
+from .collector import Interval, V
 
 __all__ = ["FlowRow", "decode_flows", "text_line", "json_record", "LineWriter", "summary", "summary_text", "rfc3339",
            "addr_text", "key_columns"]

@@ -16,10 +16,9 @@ from types import TracebackType
 
 import numpy as np
 
+from ..errors import LibbpfError, LoadError, ObjectError, UsageError
 from . import libbpf
 from .btf import Btf
-from ..flows.collector import FlowMapInfo
-from ..errors import LibbpfError, LoadError, ObjectError, UsageError
 from .layout import (
     DEFAULT_FLOWS,
     DNS_SERVERS_MAX,
@@ -28,6 +27,7 @@ from .layout import (
     RODATA_VARS,
     STATS,
     TYPE_SLOTS,
+    Direction,
     Filter,
     LinkType,
     check_layout,
@@ -53,6 +53,7 @@ OBJECT_PATH = Path(__file__).resolve().parent.parent / "bpf" / "xtrace.bpf.o"
 PROG_XDP = "xtrace_xdp"
 PROG_TC_INGRESS = "xtrace_tc_ingress"
 PROG_TC_EGRESS = "xtrace_tc_egress"
+TC_PROGS = {Direction.INGRESS: PROG_TC_INGRESS, Direction.EGRESS: PROG_TC_EGRESS}
 ALL_PROGRAMS = frozenset({PROG_XDP, PROG_TC_INGRESS, PROG_TC_EGRESS})  # the hook programs
 PROG_READ_FLOWS = "xtrace_read_flows"  # the flow map's iterator, always loaded
 
@@ -94,6 +95,15 @@ def default_dns_servers(resolv_conf: str | Path = "/etc/resolv.conf") -> list[st
     except OSError:
         pass
     return out
+
+
+@dataclass(frozen=True)
+class FlowMapInfo:
+    """What the summary record and /metrics say of the kernel flow map."""
+
+    capacity: int
+    memory_bytes: int = 0  # kernel memory (BpfMap.kernel_memory); 0 when unknown
+    reads: str = ""  # "iterator" (the map iterator) or "batch" (batch lookups)
 
 
 @dataclass(frozen=True)

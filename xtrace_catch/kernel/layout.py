@@ -10,8 +10,8 @@ import enum
 
 import numpy as np
 
-from .btf import Btf
 from ..errors import ObjectError
+from .btf import Btf
 
 __all__ = [
     "TrafficType",

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import libbpf
 from ..errors import MapError
+from . import libbpf
 
 __all__ = ["BpfMap", "CounterReader", "IterReader", "MapInfo", "PERCPU_TYPES"]
 

@@ -11,8 +11,8 @@ import errno
 from pathlib import Path
 from types import TracebackType
 
-from . import libbpf
 from ..errors import LoadError, ObjectError, OpenError
+from . import libbpf
 from .maps import BpfMap, MapInfo
 
 __all__ = ["BpfObject"]

@@ -19,13 +19,13 @@ byte figure derived from them is bytes (x4). ``lifespan`` is the hw_counters cac
 a counter.
 """
 
+from . import counters, devices, metrics, reader, records, render
 from .counters import *  # noqa: F403
 from .devices import *  # noqa: F403
 from .metrics import *  # noqa: F403
 from .reader import *  # noqa: F403
 from .records import *  # noqa: F403
 from .render import *  # noqa: F403
-from . import counters, devices, metrics, reader, records, render
 
 __all__ = [*counters.__all__, *devices.__all__, *reader.__all__, *records.__all__, *render.__all__,
            *metrics.__all__]

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..flows.collector import Interval, V
 from ..errors import UsageError
+from ..flows.collector import Interval, V
 from ..kernel.layout import Direction, TrafficType
 from .counters import DATA_WORD, counter_step
 from .devices import list_devices, netdev_links

@@ -11,8 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .counters import (
-    CounterDiff, DEFAULT_ROOT, LIFESPAN, Reading, Source, counter_bits, diff_readings, ext_counter_name,
-    parse_counter, parse_rate, parse_state,
+    DEFAULT_ROOT,
+    LIFESPAN,
+    CounterDiff,
+    Reading,
+    Source,
+    counter_bits,
+    diff_readings,
+    ext_counter_name,
+    parse_counter,
+    parse_rate,
+    parse_state,
 )
 from .devices import check_root, ib_dir, list_devices, netdev_links, read_attr
 from .records import PortDelta, PortInfo, PortSample, RdmaInterval

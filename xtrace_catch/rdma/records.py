@@ -4,12 +4,11 @@ its hw_counters raise."""
 from __future__ import annotations
 
 import enum
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .counters import CounterDiff, DATA_WORD, LINK_ERROR_COUNTERS, RX_DATA, RX_PACKETS, Reading, TX_DATA, TX_PACKETS
+from .counters import DATA_WORD, LINK_ERROR_COUNTERS, RX_DATA, RX_PACKETS, TX_DATA, TX_PACKETS, CounterDiff, Reading
 
 __all__ = [
     "PortInfo", "PortSample", "PortDelta", "RdmaInterval", "HealthFlag", "HealthKind", "health_flags",

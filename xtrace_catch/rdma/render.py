@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..flows.output import rfc3339
-from .records import PortDelta, REQUEST_COUNTERS, health_flags
+from .records import REQUEST_COUNTERS, PortDelta, health_flags
 
 __all__ = [
     "json_record", "text_line", "health_line", "format_bps", "format_count", "format_percent",

@@ -1,0 +1,54 @@
+"""The interval loop shared by the flow and counter modes: asyncio, SIGINT/SIGTERM, --count."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from .export.series import Batch
+from .notify import Notify
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .export.health import Export
+
+
+T = TypeVar("T")
+
+
+async def interval_loop(settings: Settings, step: Callable[[], tuple[T, Batch | None]], emit: Callable[[T], None],
+                export: Export | None, notify: Notify) -> None:
+    """Every interval: `step` in a worker thread (blocking reads), publish its batch, `emit` its result.
+    Ends after --count intervals or at SIGINT/SIGTERM (after one last interval)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if export is not None:
+        await export.start(notify)
+    try:
+        period = settings.interval_ms / 1000.0
+        next_at = loop.time() + period
+        done = 0
+        while True:
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_at - loop.time()))
+            except TimeoutError:
+                pass
+            result, batch = await asyncio.to_thread(step)
+            if export is not None and batch is not None:
+                export.publish(batch)
+            emit(result)
+            done += 1
+            if stop.is_set() or (settings.count is not None and done >= settings.count):
+                return
+            next_at += period
+            if next_at < loop.time():  # fell behind (slow terminal, huge map): skip, do not burst
+                next_at = loop.time() + period
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if export is not None:
+            await export.stop()
