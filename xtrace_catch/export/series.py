@@ -21,6 +21,7 @@ import numpy as np
 from ..flows.collector import Interval, V, key_bytes
 from ..flows.output import addr_text, key_columns
 from ..kernel.layout import Direction, TrafficType
+from .sample import Sample
 
 __all__ = [
     "FLOW_METRICS",
@@ -69,7 +70,7 @@ class Batch:
     ids: np.ndarray  # (S,) int64 series ids
     values: np.ndarray  # (S, 4) uint64: bytes_total, packets_total, flow_bytes, flow_packets
     # the agent's own samples: (name, type, help, labels, value)
-    health: list[tuple[str, str, str, dict[str, str], float]] = field(default_factory=list)
+    health: list[Sample] = field(default_factory=list)
 
     @property
     def samples(self) -> int:

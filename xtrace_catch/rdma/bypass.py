@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UsageError
+from ..export.sample import Sample
 from ..flows.collector import Interval, V
 from ..kernel.layout import Direction, TrafficType
 from .counters import DATA_WORD, counter_step
@@ -75,8 +76,8 @@ class BypassPort:
             parts.append(f"{d.label} nic={nic} kernel_roce={self.kernel[d]} bypassed={self.bypass[d]}")
         return f"--- kernel bypass {self.device}/{self.port}: " + "; ".join(parts)
 
-    def samples(self, extra: dict[str, str]) -> list[tuple[str, str, str, dict[str, str], float]]:
-        return [("xtrace_rdma_kernel_bypass_bytes_total", "counter",
+    def samples(self, extra: dict[str, str]) -> list[Sample]:
+        return [Sample("xtrace_rdma_kernel_bypass_bytes_total", "counter",
                  "Bytes the RDMA NIC counted that the kernel datapath did not see as RoCE (hardware RoCE).",
                  {"device": self.device, "port": str(self.port), "direction": d.label, **extra},
                  self.bypass_total[d]) for d in Direction]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from ..export.sample import Sample
 from .counters import DATA_WORD, RX_DATA, RX_PACKETS, TRAFFIC_COUNTERS, TX_DATA, TX_PACKETS
 from .records import PortDelta, RdmaInterval
 
@@ -11,12 +12,8 @@ __all__ = [
     "Sample", "port_metrics", "interval_metrics",
 ]
 
-Sample = tuple[str, str, str, dict[str, str], float]
-"""One metric sample, as in ``metrics.Batch.health``: (name, type, help, labels, value)."""
-
-
 def _s(name: str, mtype: str, help_: str, labels: dict[str, str], value: float) -> Sample:
-    return (name, mtype, help_, labels, value)
+    return Sample(name, mtype, help_, labels, value)
 
 
 def port_metrics(d: PortDelta, extra: Mapping[str, str]) -> list[Sample]:
