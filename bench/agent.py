@@ -199,7 +199,7 @@ def _breakdown(flows: int, rounds: int) -> tuple[dict[str, float], dict[str, flo
 
     from xtrace_catch.export.health import Export
     from xtrace_catch.flows.emit import Emitter
-    from xtrace_catch.flows.collector import Collector
+    from xtrace_catch.flows.collector import NV, Collector
     from xtrace_catch.kernel.datapath import PROG_TC_INGRESS, Datapath, DatapathConfig
     from xtrace_catch.export.push import SERIES_PER_REQUEST
     from xtrace_catch.export.series import Batch
@@ -283,8 +283,7 @@ def _breakdown(flows: int, rounds: int) -> tuple[dict[str, float], dict[str, flo
             st.clear()
             gc.collect()
             # The map's CounterReader (kept with the map, so made before tracing) counts too.
-            reader = col._reader
-            mem["reader"] = reader.nbytes if reader is not None else 0
+            mem["reader"] = dp.flows.counter_reader(NV).nbytes
             mem["retained"] = tracemalloc.get_traced_memory()[0] - base + mem["reader"]
         finally:
             tracemalloc.stop()

@@ -6,8 +6,8 @@ filled with ``BPF_MAP_UPDATE_BATCH`` (values for every possible CPU). Then, per 
 * **bare**: the batch-lookup syscalls alone, reading the whole map with preallocated buffers
   (``libbpf.get().map_lookup_batch`` in a loop, the same batch size as ``BpfMap.read_all``, no
   numpy): the floor any reader pays;
-* **read_flows**: ``Datapath.read_flows()`` (``BpfMap.read_all`` plus the per-CPU sum; the
-  collector no longer uses it, listed for comparison);
+* **read_all**: ``BpfMap.read_all()``, the generic whole-map read (raw per-CPU values, no sum;
+  not the agent's path, listed for comparison);
 * **counter read**: ``CounterReader.read()``, the collector's own read (keys straight into a kept
   array, CPUs summed per batch);
 * **collect**: ``Collector.collect()``, the agent's own code: read, per-CPU sum, match against the
@@ -152,7 +152,7 @@ class SizeResult:
     max_entries: int
     fill_s: float
     bare: list[float] = field(default_factory=list)      # per round: mean of the two bare reads
-    read: list[float] = field(default_factory=list)      # Datapath.read_flows
+    read: list[float] = field(default_factory=list)      # BpfMap.read_all
     counter_read: list[float] = field(default_factory=list)  # CounterReader.read
     collect: dict[str, list[float]] = field(default_factory=lambda: {v: [] for v in VARIANTS})
     mem: dict[str, float] = field(default_factory=dict)
@@ -242,16 +242,16 @@ def _measure_size(flows: int, rounds: int, anomalies: list[str], profile: list[s
         bare = BareReader(dp.flows)
         if (got := bare.read()) != flows:
             anomalies.append(f"{flows:,} flows: the bare read returned {got} flows")
-        dp.read_flows()  # warm: the first read of a fresh map pays page faults, any reader would
+        dp.flows.read_all()  # warm: the first read of a fresh map pays page faults, any reader would
         reader = dp.flows.counter_reader(NV)
         reader.read()
         bumped = np.arange(0, flows, 10)
         for r in range(rounds):
             _progress(f"{flows:,} flows: round {r + 1}/{rounds}")
             b1, _ = _timed(bare.read)
-            rd, (k, _v) = _timed(dp.read_flows)  # type: ignore[misc]
+            rd, (k, _v) = _timed(dp.flows.read_all)  # type: ignore[misc]
             if len(k) != flows:
-                anomalies.append(f"{flows:,} flows: read_flows returned {len(k)} flows")
+                anomalies.append(f"{flows:,} flows: read_all returned {len(k)} flows")
             del k, _v
             cr, (k, _v) = _timed(reader.read)  # type: ignore[misc]
             if len(k) != flows:
@@ -338,7 +338,7 @@ def _report(results: list[SizeResult], profile: list[str], anomalies: list[str],
         "The real datapath, its flow map (1.25x the flows; per-CPU hash, "
         f"{ncpus} possible CPUs) filled with synthetic IPv4 TCP/UDP/RoCE v2 flows by batch update. Per round, "
         "interleaved: the bare batch-lookup syscalls (preallocated buffers, BpfMap's batch size, no numpy), "
-        "`Datapath.read_flows()` (not used by the collector; for comparison), `CounterReader.read()` (the "
+        "`BpfMap.read_all()` (raw per-CPU values; not the agent's path, for comparison), `CounterReader.read()` (the "
         "collector's read), then `Collector.collect()` on a fresh collector (*new*: all flows new), again "
         "(*steady*: no counter changed), and after an untimed batch update that gave 10% of the flows a packet "
         "(*10% changed*). Every interval is checked against the values written (flows, totals, deltas; exact); "
@@ -346,7 +346,7 @@ def _report(results: list[SizeResult], profile: list[str], anomalies: list[str],
         "round, median (min-max) over rounds. "
         f"Targets: 100k flows <= {TARGET_RATIO_100K:.0f}x bare; 1M flows handled and < {TARGET_RATIO_1M:.0f}x bare.",
         "",
-        "| flows | rounds | bare ms | read_flows ms | counter read ms | collect | ms | ratio to bare | target |",
+        "| flows | rounds | bare ms | read_all ms | counter read ms | collect | ms | ratio to bare | target |",
         "|---:|---:|---:|---:|---:|---|---:|---|---|",
     ]
     for res in results:

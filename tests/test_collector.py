@@ -401,7 +401,7 @@ def test_real_map_exact(xdp_datapath: Datapath, monkeypatch: pytest.MonkeyPatch,
         send(port, 1 + port % 3)
     clock = Clock()
     col = Collector(dp, idle_timeout=5.0, clock=clock)  # type: ignore[arg-type]
-    assert col._reader is not None  # the map's CounterReader, not read_flows()
+    assert col.source is dp  # read through dp.read_flows(): the map's counter reader
     iv = col.collect()
     assert by_port(iv) == {p: (pk, by, pk, by) for p, (pk, by) in sent.items()}
     assert (iv.flows_tracked, len(iv.keys), iv.evicted) == (120, 120, 0)

@@ -24,7 +24,6 @@ from typing import Protocol
 import numpy as np
 
 from ..kernel.layout import FLOW_KEY, FLOW_VALUE, STATS_FIELDS, VALUE_FIELDS
-from ..kernel.maps import BpfMap, CounterReader
 
 __all__ = ["Collector", "Interval", "FlowSource", "V", "key_hash", "key_bytes"]
 
@@ -52,7 +51,9 @@ def key_hash(keys: np.ndarray) -> np.ndarray:
 class FlowSource(Protocol):
     """What the collector reads (the Datapath; tests may give a fake)."""
 
-    def read_flows(self) -> tuple[np.ndarray, np.ndarray]: ...
+    def read_flows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(FLOW_KEY records, FLOW_VALUE records summed over CPUs); views valid until the next read."""
+
     def read_stats(self) -> np.void: ...
     def read_overflow(self) -> np.ndarray: ...
     def take_flow(self, key: bytes) -> np.ndarray | None:
@@ -135,8 +136,7 @@ def _merge_repeats(ks: np.ndarray, kv: np.ndarray, order: np.ndarray, same: np.n
 class Collector:
     """Turns successive kernel reads into intervals. Not thread-safe: one caller at a time.
 
-    A source whose ``flows`` is a BpfMap (the Datapath) is read through the map's
-    CounterReader; any other FlowSource through ``read_flows()``.
+    It reads only through ``FlowSource.read_flows()`` (the Datapath's counter reader).
     """
 
     def __init__(self, source: FlowSource, idle_timeout: float = 60.0, retired_max: int = 65536,
@@ -145,8 +145,6 @@ class Collector:
         self.idle_timeout = idle_timeout
         self.retired_max = retired_max
         self._clock = clock or time
-        flow_map = getattr(source, "flows", None)
-        self._reader: CounterReader | None = flow_map.counter_reader(NV) if isinstance(flow_map, BpfMap) else None
         # Flows kept, ordered by _hash. Never written in place: an Interval may share _keys and _totals.
         self._hash = np.empty(0, dtype=np.uint64)
         self._keys = np.empty(0, dtype=_KEY_S)
@@ -166,8 +164,6 @@ class Collector:
     def _read(self) -> tuple[np.ndarray, np.ndarray]:
         """(keys as S48 strings, (n, NV) uint64 counters summed over CPUs); possibly views into
         the reader's buffers, valid until the next read."""
-        if self._reader is not None:
-            return self._reader.read()
         keys, vals = self.source.read_flows()
         return np.ascontiguousarray(keys).view(_KEY_S).reshape(-1), _u64(vals)
 

@@ -27,6 +27,7 @@ from .layout import (
     RODATA_VARS,
     STATS,
     TYPE_SLOTS,
+    VALUE_FIELDS,
     Direction,
     Filter,
     LinkType,
@@ -210,9 +211,13 @@ class Datapath:
         return _sum_cpus(raw.reshape(1, -1), STATS)[0]
 
     def read_flows(self) -> tuple[np.ndarray, np.ndarray]:
-        """(keys, values summed over CPUs), one row per flow in the kernel map."""
-        keys, vals = self.flows.read_all()
-        return keys, _sum_cpus(vals, FLOW_VALUE)
+        """(FLOW_KEY records, FLOW_VALUE records summed over CPUs), one row per flow in the kernel map.
+
+        The agent's one read path: the map's counter reader (the map iterator where the kernel
+        loads it, else batch lookups, else per-key reads). Both arrays are views into the reader's
+        buffers, valid until the next read."""
+        keys, sums = self.flows.counter_reader(len(VALUE_FIELDS)).read()
+        return keys.view(FLOW_KEY).reshape(-1), np.ascontiguousarray(sums).view(FLOW_VALUE).reshape(-1)
 
     def take_flow(self, key: bytes) -> np.ndarray | None:
         """Atomically read and delete one flow; its counters summed over CPUs as (12,) uint64."""
