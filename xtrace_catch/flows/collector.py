@@ -104,6 +104,7 @@ class Interval:
     flows_tracked: int
     evicted: int
     collect_seconds: float
+
     @property
     def packets(self) -> int:
         return int(self.delta[:, V["packets"]].sum())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from ..attach.interfaces import get_interface, host_ip_by_name
 from ..errors import UsageError, XtraceError
@@ -14,11 +14,13 @@ from ..export.series import Batch
 from ..flows import output
 from ..loop import interval_loop
 from ..notify import Notify
-from ..rdma.bypass import BypassTracker
 from ..settings import Mode, Output, Settings
-
-if TYPE_CHECKING:
-    from .. import rdma
+from .bypass import BypassTracker
+from .devices import check_interval, netdev_links, select_devices
+from .metrics import interval_metrics
+from .reader import RdmaReader
+from .records import RdmaInterval
+from .render import health_line, json_record, text_line
 
 
 def bypass_tracker(settings: Settings, found: tuple[str, int] | None, notify: Notify) -> BypassTracker | None:
@@ -32,19 +34,17 @@ def bypass_tracker(settings: Settings, found: tuple[str, int] | None, notify: No
 
 def run_counters(settings: Settings, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """`-m rdma` / `-m nccl`: read the RDMA NIC's sysfs counters every interval. No root needed."""
-    from .. import rdma
-
     def notify(msg: str) -> None:
         print(f"xtrace-catch: {msg}", file=err, flush=True)
 
     nccl = settings.mode is Mode.NCCL
-    sel = rdma.select_devices(settings.sysfs_root, settings.device, settings.interface)
+    sel = select_devices(settings.sysfs_root, settings.device, settings.interface)
     if settings.interface_given:
         _check_counter_interface(settings.sysfs_root, settings.interface)
-    reader = rdma.RdmaReader(settings.sysfs_root, sel.reader_devices, nccl=nccl)
+    reader = RdmaReader(settings.sysfs_root, sel.reader_devices, nccl=nccl)
     reader.poll()  # baseline
     if nccl:
-        rdma.check_interval(settings.interval_ms, reader.max_lifespan_ms)
+        check_interval(settings.interval_ms, reader.max_lifespan_ms)
     notify(f"reading {'hw_counters and port counters' if nccl else 'port counters'} of {sel.why} "
            f"under {settings.sysfs_root}")
     host_ip = host_ip_by_name(settings.interface)
@@ -54,26 +54,24 @@ def run_counters(settings: Settings, out: TextIO = sys.stdout, err: TextIO = sys
     return 0
 
 
-def _run_counter_loop(settings: Settings, reader: rdma.RdmaReader, export: Export | None, host_ip: str,
+def _run_counter_loop(settings: Settings, reader: RdmaReader, export: Export | None, host_ip: str,
                       notify: Notify, out: TextIO) -> None:
-    from .. import rdma
-
     extra = {"interface": settings.interface, "host_ip": host_ip, "collect_agg": settings.export.collect_agg}
 
-    def step() -> tuple[rdma.RdmaInterval, Batch | None]:
+    def step() -> tuple[RdmaInterval, Batch | None]:
         iv = reader.poll()
-        b = export.samples_batch(iv.seq, iv.time, rdma.interval_metrics(iv, extra)) if export is not None else None
+        b = export.samples_batch(iv.seq, iv.time, interval_metrics(iv, extra)) if export is not None else None
         return iv, b
 
-    def emit(iv: rdma.RdmaInterval) -> None:
+    def emit(iv: RdmaInterval) -> None:
         lines: list[str] = []
         for d in iv.ports:
             if settings.output is Output.JSON:
-                lines.append(output.dumps(rdma.json_record(d)))
+                lines.append(output.dumps(json_record(d)))
             else:
-                lines.append(rdma.text_line(d))
+                lines.append(text_line(d))
                 if d.nccl:
-                    lines.append(rdma.health_line(d))
+                    lines.append(health_line(d))
         for m in iv.missing:
             lines.append(output.dumps({"record": "rdma_missing", "time": output.rfc3339(iv.time), "device": m})
                          if settings.output is Output.JSON
@@ -88,14 +86,12 @@ def _run_counter_loop(settings: Settings, reader: rdma.RdmaReader, export: Expor
 def _check_counter_interface(root: str, name: str) -> None:
     """A named -i must exist: as a netdev here, or under the sysfs root the counters come from
     (a container reading the host's /host/sys). A typo would otherwise label every sample."""
-    from .. import rdma
-
     try:
         get_interface(name)
         return
     except XtraceError:
         pass
-    if os.path.isdir(os.path.join(root, "class", "net", name)) or any(x.netdev == name for x in rdma.netdev_links(root)):
+    if os.path.isdir(os.path.join(root, "class", "net", name)) or any(x.netdev == name for x in netdev_links(root)):
         return
     raise UsageError(f"interface {name!r} not found (nor under {root}/class/net); list interfaces with "
                      "'xtrace-catch -l', or leave -i out to read every RDMA device")
