@@ -10,7 +10,6 @@ no count is reported twice, and at the end every packet sent was reported exactl
 from __future__ import annotations
 
 import errno
-
 import random
 from collections.abc import Iterator
 
@@ -18,11 +17,11 @@ import numpy as np
 import pytest
 from frames import ETH_P_IP, IPPROTO_UDP, ether, ipv4, udp
 
-from xtrace_catch.kernel import libbpf
+from xtrace_catch.errors import MapError
 from xtrace_catch.flows import collector as collector_mod
 from xtrace_catch.flows.collector import NV, Collector, Interval, V, key_hash
+from xtrace_catch.kernel import libbpf
 from xtrace_catch.kernel.datapath import PROG_XDP, Datapath, DatapathConfig
-from xtrace_catch.errors import MapError
 from xtrace_catch.kernel.layout import FLOW_KEY, FLOW_VALUE, STATS, STATS_FIELDS, TYPE_SLOTS
 from xtrace_catch.kernel.maps import CounterReader, IterReader
 
@@ -181,10 +180,10 @@ def test_key_hash_exact_values() -> None:
         return h
 
     ks = [key(i) for i in range(50)] + [b"\0" * 48, b"\xff" * 48]
-    got = key_hash(np.array(ks, dtype="S48")).tolist()
+    got = key_hash(np.array(ks, dtype="V48")).tolist()
     assert got == [ref(k) for k in ks]
     assert len(set(got)) == len(ks)
-    assert key_hash(np.empty(0, dtype="S48")).tolist() == []
+    assert key_hash(np.empty(0, dtype="V48")).tolist() == []
 
 
 # -- exact values, by hand --------------------------------------------------------------------
@@ -442,7 +441,7 @@ def test_counter_reader_sums_every_cpu(xdp_datapath: Datapath, how: str) -> None
         pytest.skip("this kernel refuses tracing programs (the flow-map iterator; EPERM under an LSM policy, "
                     "or Linux < 5.9)")
     n = 400
-    keys = np.frombuffer(b"".join(key(i) for i in range(n)), dtype="S48")
+    keys = np.frombuffer(b"".join(key(i) for i in range(n)), dtype="V48")
     vals = np.zeros((n, m.ncpus, m.slot // 8), dtype=np.uint64)
     for cpu in range(m.ncpus):
         vals[:, cpu, :NV] = np.arange(n, dtype=np.uint64)[:, None] * np.uint64(1000) + np.arange(NV) + cpu * 7
@@ -463,7 +462,7 @@ def test_counter_reader_sums_every_cpu(xdp_datapath: Datapath, how: str) -> None
     if how == "tiny batches":
         assert 1 < reader.count < 64
     rk, rv = xdp_datapath.read_flows()
-    assert dict(zip(np.ascontiguousarray(rk).view("S48").reshape(-1).tolist(),
+    assert dict(zip(np.ascontiguousarray(rk).view("V48").reshape(-1).tolist(),
                     rv.view("<u8").reshape(-1, NV).tolist())) == want
     m.delete_keys(keys)
 

@@ -33,11 +33,10 @@ import pytest
 from netns import AGENT_IP4, PEER_IP4, Agent, VethPair, send_frames, veth_pair, wait_seen, xtrace_cmd
 from rich.console import Console
 
-from xtrace_catch.rdma.bypass import BypassPort
 from xtrace_catch.flows.collector import NV, Collector, Interval, V
+from xtrace_catch.flows.live import TYPE_STYLE, ViewState, decode_flows, rate, render
 from xtrace_catch.kernel.layout import FLOW_KEY, FLOW_VALUE, STATS, STATS_FIELDS, TYPE_SLOTS, Direction, TrafficType
-from xtrace_catch.flows.live import TYPE_STYLE, ViewState, rate, render
-from xtrace_catch.flows.output import decode_flows
+from xtrace_catch.rdma.bypass import BypassPort
 
 T, D = TrafficType, Direction
 NOW = datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
@@ -117,7 +116,7 @@ def state(flows: Sequence[Flow], **kw: object) -> ViewState:
     kw.setdefault("mode", "tc ingress+egress")
     kw.setdefault("capacity", 65536)
     kw.setdefault("now", NOW)
-    return ViewState(iv=iv, rows=decode_flows(iv.keys, iv.delta, iv.totals), **kw)  # type: ignore[arg-type]
+    return ViewState(iv=iv, rows=decode_flows(iv.keys, iv.delta), **kw)  # type: ignore[arg-type]
 
 
 def show(st: ViewState, width: int = 80, height: int = 24) -> str:
@@ -214,7 +213,7 @@ def test_largest_first_as_the_collector_orders_them() -> None:
     src.vals.view("<u8").reshape(-1, NV)[:] = delta
     iv = col.collect()
     st = ViewState(interface="eth0", mode="tc ingress+egress", iv=replace(iv, elapsed=1.0),
-                   rows=decode_flows(iv.keys, iv.delta, iv.totals), capacity=65536, now=NOW)
+                   rows=decode_flows(iv.keys, iv.delta), capacity=65536, now=NOW)
     rows = show(st).splitlines()[6:]
     assert rows == GOLDEN_80.splitlines()[6:]
 

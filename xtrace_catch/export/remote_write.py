@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import cramjam
 
+from ..kernel.keys import CACHE_MAX
 from .series import FLOW_METRICS, LABELS, Batch, SeriesTable
 
 __all__ = ["PROTO_PATH", "messages", "RemoteWriteEncoder", "snappy_block", "unsnappy_block", "HEADERS"]
@@ -140,7 +141,7 @@ class RemoteWriteEncoder:
             cache, v = self._pairs[i], vals[i]
             enc = cache.get(v)
             if enc is None:
-                if len(cache) >= 1 << 16:
+                if len(cache) >= CACHE_MAX:
                     cache.clear()
                 enc = cache[v] = _label(_ALL_LABELS[i], v)
             parts.append(enc)

@@ -18,8 +18,8 @@ from sys import intern
 
 import numpy as np
 
-from ..flows.collector import Interval, V, key_bytes
-from ..flows.output import addr_text, key_columns
+from ..flows.collector import Interval, V
+from ..kernel.keys import addr_text, key_bytes, key_columns, qp_hex
 from ..kernel.layout import Direction, TrafficType
 from .sample import Sample
 
@@ -122,7 +122,7 @@ class SeriesTable:
             vals = (addr_text(s, ep), addr_text(d, ep), sp, dp, intern(str(proto)), tt.json_name,
                     Direction.of(di).label, *const)
             if tt in _ROCE:
-                vals = (*vals, intern(f"{qp:#08x}"))  # output.qp_hex's form
+                vals = (*vals, intern(qp_hex(qp)))
             out.append(vals)
         return out
 

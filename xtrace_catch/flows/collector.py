@@ -23,20 +23,19 @@ from typing import Protocol
 
 import numpy as np
 
+from ..kernel.keys import KEY_SIZE, KEY_VOID, as_void
 from ..kernel.layout import FLOW_KEY, FLOW_VALUE, STATS_FIELDS, VALUE_FIELDS
 
-__all__ = ["Collector", "Interval", "FlowSource", "V", "key_hash", "key_bytes"]
+__all__ = ["Collector", "Interval", "FlowSource", "V", "NV", "key_hash"]
 
 NV = len(VALUE_FIELDS)
 V = {name: i for i, name in enumerate(VALUE_FIELDS)}  # column of each counter
-KEY_SIZE = FLOW_KEY.itemsize
-_KEY_S = f"S{KEY_SIZE}"
 _MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
                  0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53], dtype=np.uint64)
 
 
 def key_hash(keys: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each 48-byte key (an ``S48`` array): per 8-byte word, xor it in, multiply
+    """A 64-bit hash of each 48-byte key (a ``V48`` array: :mod:`..kernel.keys`): per 8-byte word, xor it in, multiply
     by an odd constant and fold the high half down, so words do not cancel each other out."""
     w = np.ascontiguousarray(keys).view("<u8").reshape(-1, KEY_SIZE // 8)
     h = np.zeros(len(w), dtype=np.uint64)
@@ -114,13 +113,6 @@ class Interval:
         return int(self.delta[:, V["bytes"]].sum())
 
 
-def key_bytes(keys: np.ndarray) -> list[bytes]:
-    """FLOW_KEY records as exact 48-byte strings (dict keys), made in one numpy call."""
-    if not len(keys):
-        return []
-    return np.ascontiguousarray(keys).view(f"V{keys.dtype.itemsize}").reshape(-1).tolist()
-
-
 def _merge_repeats(ks: np.ndarray, kv: np.ndarray, order: np.ndarray, same: np.ndarray) -> np.ndarray:
     """A map iterator that resumed in a bucket where a flow had just been inserted yields a flow
     twice (maps.IterReader). Rows `order[i]`, `order[i + 1]` (i in `same`) share a hash: where the
@@ -148,7 +140,7 @@ class Collector:
         self._clock = clock or time
         # Flows kept, ordered by _hash. Never written in place: an Interval may share _keys and _totals.
         self._hash = np.empty(0, dtype=np.uint64)
-        self._keys = np.empty(0, dtype=_KEY_S)
+        self._keys = np.empty(0, dtype=KEY_VOID)
         self._kvals = np.empty((0, NV), dtype=np.uint64)
         self._totals = np.empty((0, NV), dtype=np.uint64)
         self._last_active = np.empty(0, dtype=np.float64)
@@ -163,10 +155,10 @@ class Collector:
         self.evicted_total = 0
 
     def _read(self) -> tuple[np.ndarray, np.ndarray]:
-        """(keys as S48 strings, (n, NV) uint64 counters summed over CPUs); possibly views into
+        """(keys as V48 items, (n, NV) uint64 counters summed over CPUs); possibly views into
         the reader's buffers, valid until the next read."""
         keys, vals = self.source.read_flows()
-        return np.ascontiguousarray(keys).view(_KEY_S).reshape(-1), _u64(vals)
+        return as_void(keys), _u64(vals)
 
     def _same_keys(self, ks_read: np.ndarray, order: np.ndarray) -> bool:
         """Whether ``ks_read[order]`` are the kept keys, row for row; compared a slice at a time
@@ -243,7 +235,7 @@ class Collector:
         if self._retired:
             rows = np.flatnonzero(~found)
             for i, kb in zip(rows.tolist(), ks[rows].tolist()):
-                old = self._retired.pop(kb.ljust(KEY_SIZE, b"\0"), None)
+                old = self._retired.pop(kb, None)
                 if old is not None:
                     totals[i] = old
 
@@ -261,7 +253,7 @@ class Collector:
         idle = np.flatnonzero(~changed & (now - last_active >= self.idle_timeout))
         keep = np.ones(n, dtype=bool)
         for i in idle:
-            kb = ks[i].tobytes().ljust(KEY_SIZE, b"\0")
+            kb = ks[i].tobytes()
             final = self.source.take_flow(kb)
             if final is not None:
                 fu = final.astype(np.uint64, copy=False).reshape(NV)
@@ -289,7 +281,7 @@ class Collector:
         ovf_delta = ovf_u - (self._ovf_prev if self._ovf_prev is not None else 0)
         self._ovf_prev = ovf_u.copy()
 
-        # Active flows, largest (bytes) first. Keys are indexed as plain 48-byte strings, then
+        # Active flows, largest (bytes) first. Keys are indexed as opaque 48-byte items, then
         # viewed as records: indexing the structured view is several times slower.
         act = np.flatnonzero(changed)
         act = act[np.argsort(-delta[act, V["bytes"]].astype(np.int64))]

@@ -51,9 +51,9 @@ class Emitter:
     def emit(self, res: FlowResult) -> None:
         iv, bp = res
         if self.live is not None:
-            from .live import ViewState
+            from .live import ViewState, decode_flows
 
-            rows = output.decode_flows(iv.keys, iv.delta, iv.totals)
+            rows = decode_flows(iv.keys, iv.delta)
             self.live.update(ViewState(interface=self.iface, mode=self.mode_desc, iv=iv, rows=rows,
                                        capacity=self.fmap.capacity, export=self.export.status_line() if self.export is not None else "", bypass=bp))
             return

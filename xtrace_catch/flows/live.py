@@ -8,29 +8,61 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
+import numpy as np
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from ..kernel.keys import addr_text, endpoint_text, key_columns, qp_hex
 from ..kernel.layout import Direction, TrafficType
-from .collector import Interval
-from .output import FlowRow
+from .collector import Interval, V
 
 if TYPE_CHECKING:
     from ..rdma.bypass import BypassPort  # the shape of the bypass line; rdma imports flows, not back
 
-__all__ = ["ViewState", "render", "LiveView", "rate", "TYPE_STYLE"]
+__all__ = ["FlowRow", "decode_flows", "ViewState", "render", "LiveView", "rate", "TYPE_STYLE"]
 
-TYPE_SHORT = {
-    TrafficType.TCP: "TCP", TrafficType.UDP: "UDP", TrafficType.ICMP: "ICMP", TrafficType.ROCE_V2: "RoCEv2",
-    TrafficType.ROCE_V1: "RoCEv1", TrafficType.IPOIB: "IPoIB", TrafficType.OTHER: "Other",
-}
 TYPE_STYLE = {
     TrafficType.TCP: "cyan", TrafficType.UDP: "blue", TrafficType.ICMP: "yellow", TrafficType.ROCE_V2: "magenta",
     TrafficType.ROCE_V1: "bright_magenta", TrafficType.IPOIB: "green", TrafficType.OTHER: "white",
 }
 HEADER_LINES = 5
+
+
+@dataclass(frozen=True)
+class FlowRow:
+    """One flow of the table, decoded."""
+
+    src_ip: str
+    dst_ip: str
+    src_port: int
+    dst_port: int
+    traffic_type: TrafficType
+    direction: Direction
+    eth_proto: int
+    dst_qp: int
+    delta: tuple[int, ...]
+
+    def d(self, name: str) -> int:
+        return self.delta[V[name]]
+
+    @property
+    def is_roce(self) -> bool:
+        return self.traffic_type in (TrafficType.ROCE_V1, TrafficType.ROCE_V2)
+
+
+def decode_flows(keys: np.ndarray, delta: np.ndarray) -> list[FlowRow]:
+    """FLOW_KEY records plus their counter rows -> FlowRows, in the same order."""
+    if not len(keys):
+        return []
+    src, dst, cols = key_columns(keys, "eth_proto", "src_port", "dst_port", "traffic_type", "direction", "dst_qp")
+    return [
+        FlowRow(src_ip=addr_text(s, ep), dst_ip=addr_text(d, ep), src_port=sp, dst_port=dp,
+                traffic_type=TrafficType.of(tt), direction=Direction.of(di), eth_proto=ep, dst_qp=qp,
+                delta=tuple(dl))
+        for s, d, ep, sp, dp, tt, di, qp, dl in zip(src, dst, *cols, delta.tolist())
+    ]
 
 
 def rate(value: float, unit: str = "") -> str:
@@ -56,12 +88,6 @@ class ViewState:
     now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
 
-def _endpoint(ip: str, port: int) -> str:
-    if not ip:
-        return "-"
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
 def _header(st: ViewState) -> list[Text]:
     iv = st.iv
     secs = max(iv.elapsed, 1e-9)
@@ -82,7 +108,7 @@ def _header(st: ViewState) -> list[Text]:
     t = Text("by type:")
     for tt, b in sorted(by_type.items(), key=lambda kv: -kv[1]):
         t.append(" ")
-        t.append(TYPE_SHORT[tt], style=TYPE_STYLE[tt])
+        t.append(tt.short, style=TYPE_STYLE[tt])
         t.append(f" {rate(b * 8 / secs)}")
     if not by_type:
         t.append(" -")
@@ -123,13 +149,13 @@ def render(st: ViewState, height: int = 24) -> Group:
     secs = max(st.iv.elapsed, 1e-9)
     room = max(1, height - HEADER_LINES - 2)
     for r in st.rows[:room]:
-        flow = f"{_endpoint(r.src_ip, r.src_port)}>{_endpoint(r.dst_ip, r.dst_port)}"
+        flow = f"{endpoint_text(r.src_ip, r.src_port)}>{endpoint_text(r.dst_ip, r.dst_port)}"
         if not r.src_ip:
             flow = f"ethertype {r.eth_proto:#06x}"
         table.add_row(
-            flow, Text(TYPE_SHORT[r.traffic_type], style=TYPE_STYLE[r.traffic_type]),
+            flow, Text(r.traffic_type.short, style=TYPE_STYLE[r.traffic_type]),
             "in" if r.direction is Direction.INGRESS else "out",
-            f"{r.dst_qp:#08x}" if r.is_roce else "-",
+            qp_hex(r.dst_qp) if r.is_roce else "-",
             rate(r.d("bytes") * 8 / secs), rate(r.d("packets") / secs),
             str(r.d("ecn_ce")) if r.d("ecn_ce") else "-", str(r.d("cnp")) if r.d("cnp") else "-",
         )

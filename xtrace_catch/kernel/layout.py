@@ -44,12 +44,17 @@ class TrafficType(enum.IntEnum):
     @property
     def label(self) -> str:
         """The text output's label (DESIGN.md)."""
-        return _TEXT_LABELS[self]
+        return _TYPE_NAMES[self][0]
 
     @property
     def json_name(self) -> str:
         """The JSON/metrics value (DESIGN.md)."""
-        return _JSON_NAMES[self]
+        return _TYPE_NAMES[self][1]
+
+    @property
+    def short(self) -> str:
+        """The live table's TYPE column."""
+        return _TYPE_NAMES[self][2]
 
     @classmethod
     def of(cls, value: int) -> TrafficType:
@@ -57,13 +62,15 @@ class TrafficType(enum.IntEnum):
         return _TYPES.get(value, cls.OTHER)
 
 
-_TEXT_LABELS = {
-    TrafficType.OTHER: "Other", TrafficType.TCP: "TCP", TrafficType.UDP: "UDP", TrafficType.ICMP: "ICMP",
-    TrafficType.ROCE_V2: "RoCE v2/UDP", TrafficType.ROCE_V1: "RoCE v1/IBoE", TrafficType.IPOIB: "IPoIB",
-}
-_JSON_NAMES = {
-    TrafficType.OTHER: "Other", TrafficType.TCP: "TCP", TrafficType.UDP: "UDP", TrafficType.ICMP: "ICMP",
-    TrafficType.ROCE_V2: "RoCE_v2", TrafficType.ROCE_V1: "RoCE_v1", TrafficType.IPOIB: "IPoIB",
+# The one name table of the traffic types: (text label, JSON/metrics value, live table column).
+_TYPE_NAMES = {
+    TrafficType.OTHER: ("Other", "Other", "Other"),
+    TrafficType.TCP: ("TCP", "TCP", "TCP"),
+    TrafficType.UDP: ("UDP", "UDP", "UDP"),
+    TrafficType.ICMP: ("ICMP", "ICMP", "ICMP"),
+    TrafficType.ROCE_V2: ("RoCE v2/UDP", "RoCE_v2", "RoCEv2"),
+    TrafficType.ROCE_V1: ("RoCE v1/IBoE", "RoCE_v1", "RoCEv1"),
+    TrafficType.IPOIB: ("IPoIB", "IPoIB", "IPoIB"),
 }
 _TYPES = {int(t): t for t in TrafficType}
 TYPE_SLOTS = 8  # XT_TYPE_MAX: overflow table stride

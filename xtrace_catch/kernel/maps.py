@@ -248,7 +248,7 @@ class CounterReader:
         self.m = m
         self.fields = fields
         self.count = max(64, min(m.info.max_entries, _BATCH_BYTES // m.value_len))
-        self._keys = np.empty(0, dtype=f"S{m.info.key_size}")
+        self._keys = np.empty(0, dtype=f"V{m.info.key_size}")
         self._sums = np.empty((0, fields), dtype=np.uint64)
         self._chunk = np.empty(self.count * m.value_len, dtype=np.uint8)
         self._token_in = ctypes.create_string_buffer(max(m.info.key_size, 8))
@@ -260,7 +260,7 @@ class CounterReader:
         return self._keys.nbytes + self._sums.nbytes + self._chunk.nbytes
 
     def read(self) -> tuple[np.ndarray, np.ndarray]:
-        """(keys as n ``S<key_size>`` strings, (n, fields) uint64 sums). Both may be views into
+        """(keys as n ``V<key_size>`` items, (n, fields) uint64 sums). Both may be views into
         the reader's buffers: valid until its next read."""
         m = self.m
         if m.batch_supported is not False:
@@ -357,6 +357,6 @@ class IterReader:
         n = got // self.rec
         ksz = self.m.info.key_size
         rows = self._buf[:got].reshape(n, self.rec)
-        keys = np.ascontiguousarray(rows[:, :ksz]).view(f"S{ksz}").reshape(n)
+        keys = np.ascontiguousarray(rows[:, :ksz]).view(f"V{ksz}").reshape(n)
         sums = np.ascontiguousarray(rows[:, ksz:]).view("<u8").reshape(n, self.fields)
         return keys, sums
