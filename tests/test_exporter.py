@@ -24,11 +24,11 @@ from test_metrics import A4, B4, T0, interval, key, table
 from vm import VictoriaMetrics, free_port, victoria_metrics  # noqa: F401 (fixture)
 
 from xtrace_catch.export import push
-from xtrace_catch.flows.collector import Interval
-from xtrace_catch.export.push import PushFormat, Pusher
-from xtrace_catch.kernel.layout import STATS_FIELDS, TrafficType
-from xtrace_catch.export.series import Batch, SeriesTable, render_text
+from xtrace_catch.export.push import Pusher, PushFormat
 from xtrace_catch.export.remote_write import RemoteWriteEncoder, messages, unsnappy_block
+from xtrace_catch.export.series import Batch, SeriesTable, render_text
+from xtrace_catch.flows.collector import Interval
+from xtrace_catch.kernel.layout import STATS_FIELDS, TrafficType
 from xtrace_catch.settings import Credentials, ExportSettings, Settings
 
 TEXT_PATH = "/api/v1/import/prometheus"
@@ -109,12 +109,12 @@ def batch(t: SeriesTable, seq: int, n_flows: int = 3, health: int = 0) -> Batch:
     flows = [(key(A4, B4, 40000 + i, 5000), (1 + i, 100 * (1 + i)), (seq * (1 + i), seq * 100 * (1 + i)))
              for i in range(n_flows)]
     b = t.batch(interval(seq, flows))
-    b.health = [(f"xtrace_agent_h{i}", "gauge", "h", {"interface": "xta0"}, i) for i in range(health)]
+    b = b.with_health([(f"xtrace_agent_h{i}", "gauge", "h", {"interface": "xta0"}, i) for i in range(health)])
     return b
 
 
-def text_of(t: SeriesTable, b: Batch) -> bytes:
-    return render_text(t, b, with_timestamps=True, with_meta=False).encode()
+def text_of(b: Batch) -> bytes:
+    return render_text(b, with_timestamps=True, with_meta=False).encode()
 
 
 async def run_until(p: Pusher, cond: Callable[[], bool], timeout: float = WAIT) -> bool:
@@ -137,10 +137,10 @@ async def run_until(p: Pusher, cond: Callable[[], bool], timeout: float = WAIT) 
     return ok
 
 
-def pusher(url: str, t: SeriesTable, **kw: object) -> Pusher:
+def pusher(url: str, **kw: object) -> Pusher:
     args: dict[str, object] = {**FAST, "timeout": 5.0}
     args.update(kw)
-    return Pusher(url, t, **args)  # type: ignore[arg-type]
+    return Pusher(url, **args)  # type: ignore[arg-type]
 
 
 # -- retries ------------------------------------------------------------------------------
@@ -152,14 +152,14 @@ def test_retryable_status_is_retried_and_delivered_once(status: int) -> None:
         t = table()
         b = batch(t, 1)
         with Server([(status, 0, b"try later"), (status, 0, b"try later"), (204, 0, b"")]) as srv:
-            p = pusher(srv.url(TEXT_PATH), t)
+            p = pusher(srv.url(TEXT_PATH))
             try:
                 p.enqueue(b)
                 assert await run_until(p, lambda: p.stats.successes == 1)
             finally:
                 await p.aclose()
             assert srv.count == 3
-            assert {r.body for r in srv.requests} == {text_of(t, b)}
+            assert {r.body for r in srv.requests} == {text_of(b)}
             assert p.stats.successes == 1 and p.stats.failures == 2 and p.stats.retries == 2
             assert p.stats.samples_sent == b.samples == 12 and p.stats.samples_dropped == 0
             assert p.queued_samples == 0 and p.oldest_seq is None
@@ -175,14 +175,14 @@ def test_client_error_is_not_retried_body_logged_once(caplog: pytest.LogCaptureF
         t = table()
         b1, b2 = batch(t, 1), batch(t, 2, n_flows=2)
         with Server([(400, 0, b"cannot parse line 'xyz'\n  at  line 1\n")]) as srv:
-            p = pusher(srv.url(TEXT_PATH), t)
+            p = pusher(srv.url(TEXT_PATH))
             try:
                 p.enqueue(b1)
                 p.enqueue(b2)
                 assert await run_until(p, lambda: p.queued_samples == 0)
             finally:
                 await p.aclose()
-            assert [r.body for r in srv.requests] == [text_of(t, b1), text_of(t, b2)]
+            assert [r.body for r in srv.requests] == [text_of(b1), text_of(b2)]
         assert p.stats.samples_dropped == b1.samples + b2.samples == 12 + 8
         assert p.stats.samples_sent == 0 and p.stats.successes == 0
         assert p.stats.failures == 2 and p.stats.retries == 0
@@ -199,13 +199,13 @@ def test_timeout_is_retried() -> None:
         t = table()
         b = batch(t, 1)
         with Server([(204, 1.5, b""), (204, 0, b"")]) as srv:
-            p = pusher(srv.url(TEXT_PATH), t, timeout=0.3)
+            p = pusher(srv.url(TEXT_PATH), timeout=0.3)
             try:
                 p.enqueue(b)
                 assert await run_until(p, lambda: p.stats.successes == 1)
             finally:
                 await p.aclose()
-            assert [r.body for r in srv.requests] == [text_of(t, b)] * 2
+            assert [r.body for r in srv.requests] == [text_of(b)] * 2
         assert p.stats.last_error_kind == "timeout"
         assert "accepted the connection but sent no response within 0.3 s" in p.stats.last_error
         assert p.stats.failures == 1 and p.stats.retries == 1 and p.stats.samples_sent == 12
@@ -222,7 +222,7 @@ def test_connection_refused_until_a_server_appears(caplog: pytest.LogCaptureFixt
         t = table()
         b1, b2 = batch(t, 1), batch(t, 2)
         port = free_port()
-        p = pusher(f"http://127.0.0.1:{port}{TEXT_PATH}", t)
+        p = pusher(f"http://127.0.0.1:{port}{TEXT_PATH}")
         stop = asyncio.Event()
         task = asyncio.create_task(p.run(stop))
         try:
@@ -243,7 +243,7 @@ def test_connection_refused_until_a_server_appears(caplog: pytest.LogCaptureFixt
                     if p.stats.successes == 2 or task.done():
                         break
                     await asyncio.sleep(0.005)
-                assert [r.body for r in srv.requests] == [text_of(t, b1), text_of(t, b2)]
+                assert [r.body for r in srv.requests] == [text_of(b1), text_of(b2)]
         finally:
             stop.set()
             await asyncio.wait_for(task, WAIT)
@@ -268,7 +268,7 @@ def test_https_to_a_plain_http_server_names_the_cause(caplog: pytest.LogCaptureF
     async def main() -> Pusher:
         t = table()
         with Server([(204, 0, b"")]) as srv:
-            p = pusher(srv.url(TEXT_PATH).replace("http://", "https://"), t)
+            p = pusher(srv.url(TEXT_PATH).replace("http://", "https://"))
             try:
                 p.enqueue(batch(t, 1))
                 assert not await p.send_one()
@@ -290,7 +290,7 @@ def test_a_hanging_server_is_a_timeout_said_once(caplog: pytest.LogCaptureFixtur
     async def main() -> Pusher:
         t = table()
         with Server([(204, 2.0, b"")]) as srv:
-            p = pusher(srv.url(RW_PATH), t, timeout=0.2)
+            p = pusher(srv.url(RW_PATH), timeout=0.2)
             try:
                 p.enqueue(batch(t, 1))
                 for _ in range(3):
@@ -311,7 +311,7 @@ def test_while_failing_one_line_per_period(caplog: pytest.LogCaptureFixture, mon
 
     async def main() -> tuple[Pusher, float]:
         t = table()
-        p = pusher(f"http://127.0.0.1:{free_port()}{TEXT_PATH}", t)
+        p = pusher(f"http://127.0.0.1:{free_port()}{TEXT_PATH}")
         t0 = time.monotonic()
         try:
             p.enqueue(batch(t, 1))
@@ -373,7 +373,7 @@ def test_buffer_overflow_drops_oldest_and_counts_exactly(caplog: pytest.LogCaptu
     async def main() -> None:
         t = table()
         with Server([(204, 0, b"")]) as srv:
-            p = pusher(srv.url(TEXT_PATH), t, buffer_samples=30)
+            p = pusher(srv.url(TEXT_PATH), buffer_samples=30)
             try:
                 bs = [batch(t, seq) for seq in range(1, 6)]  # 12 samples each
                 for b in bs:
@@ -384,7 +384,7 @@ def test_buffer_overflow_drops_oldest_and_counts_exactly(caplog: pytest.LogCaptu
                 assert await run_until(p, lambda: p.queued_samples == 0)
             finally:
                 await p.aclose()
-            assert [r.body for r in srv.requests] == [text_of(t, bs[3]), text_of(t, bs[4])]
+            assert [r.body for r in srv.requests] == [text_of(bs[3]), text_of(bs[4])]
         assert p.stats.samples_sent == 24 and p.stats.samples_dropped == 36
 
     asyncio.run(main())
@@ -394,7 +394,7 @@ def test_buffer_overflow_drops_oldest_and_counts_exactly(caplog: pytest.LogCaptu
 def test_buffer_keeps_the_newest_batch_even_if_larger_than_the_bound() -> None:
     async def main() -> None:
         t = table()
-        p = pusher("http://127.0.0.1:9/api/v1/write", t, buffer_samples=10)
+        p = pusher("http://127.0.0.1:9/api/v1/write", buffer_samples=10)
         try:
             p.enqueue(batch(t, 1, n_flows=1))  # 4
             p.enqueue(batch(t, 2, n_flows=4))  # 16 > 10: the older one goes, this one stays
@@ -412,7 +412,7 @@ def test_large_batches_go_in_chunks_retried_per_chunk(monkeypatch: pytest.Monkey
         t = table()
         b = batch(t, 1, n_flows=5, health=2)
         with Server([(204, 0, b""), (503, 0, b""), (204, 0, b"")]) as srv:
-            p = pusher(srv.url(TEXT_PATH), t)
+            p = pusher(srv.url(TEXT_PATH))
             try:
                 p.enqueue(b)
                 assert await run_until(p, lambda: p.queued_samples == 0)
@@ -424,7 +424,7 @@ def test_large_batches_go_in_chunks_retried_per_chunk(monkeypatch: pytest.Monkey
         assert [s.count("\n") for s in sent] == [2 * 4, 2 * 4, 1 * 4 + 2]
         assert "xtrace_agent_h" not in sent[0] + sent[1]
         assert "".join(sorted(sent[0].splitlines(True) + sent[1].splitlines(True) + sent[2].splitlines(True))) == \
-            "".join(sorted(text_of(t, b).decode().splitlines(True)))
+            "".join(sorted(text_of(b).decode().splitlines(True)))
         assert p.stats.samples_sent == b.samples == 22 and p.stats.successes == 3 and p.stats.retries == 1
 
     asyncio.run(main())
@@ -437,7 +437,7 @@ def test_drain_sends_what_is_queued_then_stops_at_a_failure(caplog: pytest.LogCa
         t = table()
         bs = [batch(t, seq) for seq in (1, 2, 3)]
         with Server([(204, 0, b""), (204, 0, b""), (503, 0, b"")]) as srv:
-            p = pusher(srv.url(TEXT_PATH), t)
+            p = pusher(srv.url(TEXT_PATH))
             try:
                 for b in bs:
                     p.enqueue(b)
@@ -471,7 +471,7 @@ def test_buffered_batches_keep_their_labels_while_flows_come_and_go() -> None:
         settings = Settings(interface="xta0", export=x)
         ex = Export(settings, "xta0", "198.51.100.1", NoCollector())  # type: ignore[arg-type]
         port = free_port()
-        ex.pusher = pusher(f"http://127.0.0.1:{port}{RW_PATH}", ex.table)
+        ex.pusher = pusher(f"http://127.0.0.1:{port}{RW_PATH}")
         p = ex.pusher
         try:
             ivs = [interval(seq, [(key(A4, B4, 40000 + seq, 5000), (seq, 100 * seq), (seq, 100 * seq))])
@@ -504,7 +504,7 @@ def test_remote_write_request_headers_basic_auth_and_body() -> None:
         t = table()
         b = batch(t, 1, health=1)
         with Server([(204, 0, b"")]) as srv:
-            p = pusher(srv.url(RW_PATH), t, credentials=Credentials(username="alice", password="pa:ss wörd"))
+            p = pusher(srv.url(RW_PATH), credentials=Credentials(username="alice", password="pa:ss wörd"))
             assert p.format is PushFormat.REMOTE_WRITE
             try:
                 p.enqueue(b)
@@ -519,7 +519,7 @@ def test_remote_write_request_headers_basic_auth_and_body() -> None:
         assert h["x-prometheus-remote-write-version"] == "0.1.0"
         assert h["authorization"] == "Basic " + base64.b64encode("alice:pa:ss wörd".encode()).decode()
         raw = unsnappy_block(req.body)
-        assert raw == RemoteWriteEncoder(t).encode(b)
+        assert raw == RemoteWriteEncoder().encode(b)
         wr = messages()["WriteRequest"].FromString(raw)
         assert len(wr.timeseries) == 3 * 4 + 1
         assert all(s.timestamp == b.ts_ms for ts in wr.timeseries for s in ts.samples)
@@ -532,7 +532,7 @@ def test_text_request_headers_bearer_token() -> None:
         t = table()
         b = batch(t, 1)
         with Server([(204, 0, b"")]) as srv:
-            p = pusher(srv.url(TEXT_PATH), t, credentials=Credentials(bearer_token="tok-123"))
+            p = pusher(srv.url(TEXT_PATH), credentials=Credentials(bearer_token="tok-123"))
             assert p.format is PushFormat.TEXT
             try:
                 p.enqueue(b)
@@ -543,7 +543,7 @@ def test_text_request_headers_bearer_token() -> None:
         assert req.headers["authorization"] == "Bearer tok-123"
         assert req.headers["content-type"] == "text/plain"
         assert "content-encoding" not in req.headers
-        assert req.body == text_of(t, b)
+        assert req.body == text_of(b)
 
     asyncio.run(main())
 
@@ -552,7 +552,7 @@ def test_no_credentials_no_authorization_header() -> None:
     async def main() -> None:
         t = table()
         with Server([(204, 0, b"")]) as srv:
-            p = pusher(srv.url(TEXT_PATH), t)
+            p = pusher(srv.url(TEXT_PATH))
             try:
                 p.enqueue(batch(t, 1))
                 assert await run_until(p, lambda: p.stats.successes == 1)
@@ -578,7 +578,7 @@ def test_credentials_never_in_repr_or_logs(creds: Credentials, caplog: pytest.Lo
     async def main() -> Pusher:
         t = table()
         with Server([(401, 0, b"unauthorized: bad credentials for alice")]) as srv:
-            p = pusher(srv.url(TEXT_PATH), t, credentials=creds)
+            p = pusher(srv.url(TEXT_PATH), credentials=creds)
             try:
                 p.enqueue(batch(t, 1))
                 p.enqueue(batch(t, 2))
@@ -648,10 +648,10 @@ def test_real_victoria_metrics_accepts_our_bodies(path: str, victoria_metrics: C
     rk = key(A4, B4, 49152, 4791, tt=TrafficType.ROCE_V2, qp=0xABCDE)
     b1 = t.batch(interval(1, [(key(A4, B4, 40000, 5000), (3, 426), (3, 426)), (rk, (2, 2200), (2, 2200))]))
     b2 = t.batch(interval(2, [(key(A4, B4, 40000, 5000), (1, 142), (4, 568)), (rk, (0, 0), (2, 2200))]))
-    b2.health = [("xtrace_agent_flows_tracked", "gauge", "h", {"interface": "xta0", "collect_agg": AGG}, 2)]
+    b2 = b2.with_health([("xtrace_agent_flows_tracked", "gauge", "h", {"interface": "xta0", "collect_agg": AGG}, 2)])
 
     async def main() -> Pusher:
-        p = pusher(vm.url(path), t)
+        p = pusher(vm.url(path))
         try:
             p.enqueue(b1)
             p.enqueue(b2)

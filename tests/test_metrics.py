@@ -17,13 +17,21 @@ import cramjam
 import numpy as np
 import pytest
 
-from xtrace_catch.flows.collector import NV, Interval, V
 from xtrace_catch.errors import UsageError
 from xtrace_catch.export.push import PushFormat, classify_url, redact_url
-from xtrace_catch.kernel.layout import FLOW_KEY, TYPE_SLOTS, Direction, TrafficType
-from xtrace_catch.export.series import FLOW_METRICS, LABELS, Batch, MetricsConfig, SeriesTable, escape_label, render_text
-from xtrace_catch.export.server import parse_addr
 from xtrace_catch.export.remote_write import PROTO_PATH, RemoteWriteEncoder, messages, snappy_block, unsnappy_block
+from xtrace_catch.export.series import (
+    FLOW_METRICS,
+    LABELS,
+    Batch,
+    MetricsConfig,
+    SeriesTable,
+    escape_label,
+    render_text,
+)
+from xtrace_catch.export.server import parse_addr
+from xtrace_catch.flows.collector import NV, Interval, V
+from xtrace_catch.kernel.layout import FLOW_KEY, TYPE_SLOTS, Direction, TrafficType
 
 ETH_P_IP, ETH_P_IPV6, ETH_P_ROCE = 0x0800, 0x86DD, 0x8915
 UDP, TCP = 17, 6
@@ -126,12 +134,12 @@ TCP6_LABELS = ('src_ip="2001:db8::2",dst_ip="2001:db8::1",src_port="443",dst_por
 def test_text_exposition_golden_push() -> None:
     t = table()
     b = t.batch(interval(1, [(UDP_KEY, (3, 426), (10, 1420)), (TCP6_KEY, (0, 0), (5, 1000))]))
-    b.health = [("xtrace_agent_flows_tracked", "gauge", "Flows in the kernel map.",
-                 {"interface": "xta0", "collect_agg": "e2e"}, 2),
-                ("xtrace_agent_collect_duration_seconds", "gauge", "Time the last collection took.",
-                 {"interface": "xta0"}, 0.25)]
+    b = b.with_health([("xtrace_agent_flows_tracked", "gauge", "Flows in the kernel map.",
+                        {"interface": "xta0", "collect_agg": "e2e"}, 2),
+                       ("xtrace_agent_collect_duration_seconds", "gauge", "Time the last collection took.",
+                        {"interface": "xta0"}, 0.25)])
     assert b.samples == 2 * 4 + 2
-    assert render_text(t, b, with_timestamps=True, with_meta=False) == (
+    assert render_text(b, with_timestamps=True, with_meta=False) == (
         f"xtrace_network_bytes_total{{{UDP_LABELS}}} 1420 {TS}\n"
         f"xtrace_network_bytes_total{{{TCP6_LABELS}}} 1000 {TS}\n"
         f"xtrace_network_packets_total{{{UDP_LABELS}}} 10 {TS}\n"
@@ -148,8 +156,8 @@ def test_text_exposition_golden_push() -> None:
 def test_text_exposition_golden_pull_has_help_and_type_once() -> None:
     t = table()
     b = t.batch(interval(1, [(UDP_KEY, (3, 426), (10, 1420))]))
-    b.health = [("xtrace_agent_series", "gauge", "Metric series held by the agent.", {"interface": "xta0"}, 1)]
-    assert render_text(t, b, with_timestamps=False, with_meta=True) == (
+    b = b.with_health([("xtrace_agent_series", "gauge", "Metric series held by the agent.", {"interface": "xta0"}, 1)])
+    assert render_text(b, with_timestamps=False, with_meta=True) == (
         "# HELP xtrace_network_bytes_total Bytes of the flow since the agent started (wire bytes).\n"
         "# TYPE xtrace_network_bytes_total counter\n"
         f"xtrace_network_bytes_total{{{UDP_LABELS}}} 1420\n"
@@ -180,7 +188,7 @@ def test_empty_interval_renders_nothing_but_health() -> None:
     t = table()
     b = t.batch(interval(1, []))
     assert b.ids.shape == (0,) and b.values.shape == (0, 4) and b.samples == 0
-    assert render_text(t, b, with_timestamps=True, with_meta=False) == ""
+    assert render_text(b, with_timestamps=True, with_meta=False) == ""
 
 
 @pytest.mark.parametrize(("raw", "escaped"), [
@@ -201,8 +209,8 @@ def test_label_escaping_in_exposition() -> None:
     agg = 'rack\\7 "gpu"\nrow'
     t = table(collect_agg=agg)
     b = t.batch(interval(1, [(UDP_KEY, (1, 142), (1, 142))]))
-    b.health = [("xtrace_agent_series", "gauge", "h", {"collect_agg": agg}, 1)]
-    text = render_text(t, b, with_timestamps=False, with_meta=False)
+    b = b.with_health([("xtrace_agent_series", "gauge", "h", {"collect_agg": agg}, 1)])
+    text = render_text(b, with_timestamps=False, with_meta=False)
     assert 'collect_agg="rack\\\\7 \\"gpu\\"\\nrow"' in text
     assert text.count("\n") == 5  # the raw newline never reaches the output
     for line in text.splitlines():
@@ -220,7 +228,7 @@ def test_flows_differing_only_in_vlan_are_one_series() -> None:
     b = t.batch(interval(1, flows))
     assert len(b.ids) == 1 and len(t) == 1
     assert b.values.tolist() == [[994 + 584 + 142, 12, 284 + 146, 3]]
-    got = parse_text(render_text(t, b, with_timestamps=True, with_meta=False))
+    got = parse_text(render_text(b, with_timestamps=True, with_meta=False))
     assert got == {n: {UDP_LABELS: v} for n, v in zip(NAMES, (1720, 12, 430, 3))}
 
 
@@ -248,7 +256,7 @@ def test_no_label_set_twice_random_flows() -> None:
         uniq = {bytes(np.array([f[0]], dtype=FLOW_KEY).tobytes()): f for f in flows}
         flows = list(uniq.values())
         b = t.batch(interval(1, flows))
-        got = parse_text(render_text(t, b, with_timestamps=True, with_meta=False))  # asserts uniqueness
+        got = parse_text(render_text(b, with_timestamps=True, with_meta=False))  # asserts uniqueness
         assert len(set(t.labels[int(s)] for s in b.ids)) == len(b.ids)
         assert sum(got["xtrace_network_bytes_total"].values()) == sum(f[2][1] for f in flows)
         assert sum(got["xtrace_network_packets_total"].values()) == sum(f[2][0] for f in flows)
@@ -267,7 +275,7 @@ def test_roce_series_carry_dst_qp() -> None:
     k2 = key(A4, B4, 49152, 4791, tt=TrafficType.ROCE_V2, qp=0x17)
     k3 = key("2001:db8::a", "2001:db8::b", 0, 0, proto=0, tt=TrafficType.ROCE_V1, qp=5, eth_proto=ETH_P_ROCE)
     b = t.batch(interval(1, [(k1, (1, 100), (1, 100)), (k2, (2, 200), (2, 200)), (k3, (3, 300), (3, 300))]))
-    text = render_text(t, b, with_timestamps=False, with_meta=False)
+    text = render_text(b, with_timestamps=False, with_meta=False)
     base = ('src_ip="198.51.100.2",dst_ip="198.51.100.1",src_port="49152",dst_port="4791",protocol="17",'
             'traffic_type="RoCE_v2",direction="ingress",interface="xta0",host_ip="198.51.100.1",collect_agg="e2e"')
     v1 = ('src_ip="2001:db8::a",dst_ip="2001:db8::b",src_port="0",dst_port="0",protocol="0",'
@@ -277,7 +285,7 @@ def test_roce_series_carry_dst_qp() -> None:
     # Non-RoCE series have no dst_qp at all.
     t2 = table()
     b2 = t2.batch(interval(1, [(key(A4, B4, 1, 2, qp=9), (1, 1), (1, 1))]))
-    assert "dst_qp" not in render_text(t2, b2, with_timestamps=False, with_meta=False)
+    assert "dst_qp" not in render_text(b2, with_timestamps=False, with_meta=False)
 
 
 def test_overflow_series() -> None:
@@ -285,7 +293,7 @@ def test_overflow_series() -> None:
     ov = {(Direction.INGRESS, TrafficType.UDP): ((2, 200), (7, 700)),
           (Direction.EGRESS, TrafficType.ROCE_V2): ((0, 0), (1, 1100))}
     b = t.batch(interval(1, [(UDP_KEY, (1, 142), (1, 142))], overflow=ov))
-    got = parse_text(render_text(t, b, with_timestamps=False, with_meta=False))
+    got = parse_text(render_text(b, with_timestamps=False, with_meta=False))
     ovl = ('src_ip="overflow",dst_ip="overflow",src_port="overflow",dst_port="overflow",protocol="overflow",'
            'traffic_type="{}",direction="{}",interface="xta0",host_ip="198.51.100.1",collect_agg="e2e"')
     udp_in, roce_out = ovl.format("UDP", "ingress"), ovl.format("RoCE_v2", "egress")
@@ -296,7 +304,7 @@ def test_overflow_series() -> None:
     # Folding with max_series never mixes overflow into `other`.
     t2 = table(max_series=1)
     b2 = t2.batch(interval(1, [(UDP_KEY, (1, 142), (1, 142))], overflow=ov))
-    assert parse_text(render_text(t2, b2, with_timestamps=False, with_meta=False))[
+    assert parse_text(render_text(b2, with_timestamps=False, with_meta=False))[
         "xtrace_network_bytes_total"] == {UDP_LABELS: 142, udp_in: 700, roce_out: 1100}
 
 
@@ -320,7 +328,7 @@ def test_max_series_folds_the_smallest_into_other() -> None:
     tcp = key(A4, B4, 1, 2, proto=TCP, tt=TrafficType.TCP)
     b = t.batch(interval(1, [(flow(1), (1, 100), (1, 100)), (flow(2), (4, 400), (4, 400)),
                              (flow(3), (3, 300), (3, 300)), (tcp, (2, 200), (2, 200))]))
-    got = parse_text(render_text(t, b, with_timestamps=False, with_meta=False))
+    got = parse_text(render_text(b, with_timestamps=False, with_meta=False))
     other_tcp = OTHER_UDP_IN.replace('"UDP"', '"TCP"')
     assert got["xtrace_network_bytes_total"] == {flow_labels(2): 400, flow_labels(3): 300,
                                                  OTHER_UDP_IN: 100, other_tcp: 200}
@@ -338,7 +346,7 @@ class Scraper:
         self.history: dict[str, list[int]] = defaultdict(list)
 
     def push(self, iv: Interval) -> dict[str, dict[str, int]]:
-        got = parse_text(render_text(self.t, self.t.batch(iv), with_timestamps=True, with_meta=False))
+        got = parse_text(render_text(self.t.batch(iv), with_timestamps=True, with_meta=False))
         for name, series in got.items():
             self.last[name].update(series)
             if name.endswith("_total"):
@@ -401,13 +409,16 @@ def test_max_series_totals_add_up_when_a_selected_flow_leaves() -> None:
     assert len([lab for lab in s.last["xtrace_network_bytes_total"] if 'src_ip="other"' not in lab]) <= 2
 
 
-def test_other_series_survives_prune() -> None:
+def test_other_series_survives_forgetting() -> None:
+    """A label set unused in an interval is forgotten (flow 1 left the map); `other` keeps its totals."""
     t = table(max_series=1)
     t.batch(interval(1, [(flow(1), (4, 400), (4, 400)), (flow(2), (3, 300), (3, 300))]))
-    t.prune(10)  # nothing buffered needs interval 1 any more
-    b = t.batch(interval(11, [(flow(1), (0, 0), (4, 400)), (flow(2), (1, 7), (4, 307))]))
-    got = parse_text(render_text(t, b, with_timestamps=False, with_meta=False))
-    assert got["xtrace_network_bytes_total"] == {flow_labels(1): 400, OTHER_UDP_IN: 307}
+    assert len(t) == 2
+    t.batch(interval(2, [(flow(2), (1, 7), (4, 307))]))
+    assert len(t) == 1 and list(next(iter(t.labels.values()))[:5]) == ["other"] * 5
+    b = t.batch(interval(3, [(flow(2), (1, 10), (5, 317)), (flow(5), (1, 50), (1, 50))]))
+    got = parse_text(render_text(b, with_timestamps=False, with_meta=False))
+    assert got["xtrace_network_bytes_total"] == {flow_labels(5): 50, OTHER_UDP_IN: 317}
 
 
 # -- --drop-ephemeral-ports -------------------------------------------------------------
@@ -434,7 +445,7 @@ def test_drop_ephemeral_ports_merges_clients() -> None:
     t = table(drop_ephemeral_ports=True)
     b = t.batch(interval(1, [(key(A4, B4, port, 443, proto=TCP, tt=TrafficType.TCP), (1, 100), (port - 50000, 1000))
                              for port in (50001, 50002, 50003)]))
-    got = parse_text(render_text(t, b, with_timestamps=False, with_meta=False))
+    got = parse_text(render_text(b, with_timestamps=False, with_meta=False))
     lab = ('src_ip="198.51.100.2",dst_ip="198.51.100.1",src_port="ephemeral",dst_port="443",protocol="6",'
            'traffic_type="TCP",direction="ingress",interface="xta0",host_ip="198.51.100.1",collect_agg="e2e"')
     assert got["xtrace_network_bytes_total"] == {lab: 3000}
@@ -477,17 +488,17 @@ def rw_batch(zeros: bool) -> tuple[SeriesTable, Batch]:
     if zeros:
         flows.append((key(A4, B4, proto=0, tt=TrafficType.OTHER, eth_proto=0x88B5), (1, 60), (1, 60)))
     b = t.batch(interval(1, flows))
-    b.health = [("xtrace_agent_flows_tracked", "gauge", "h", {"interface": "xta0", "collect_agg": "e2e"}, 3),
-                ("xtrace_agent_collect_duration_seconds", "gauge", "h", {"interface": "xta0"}, 0.000123)]
+    b = b.with_health([("xtrace_agent_flows_tracked", "gauge", "h", {"interface": "xta0", "collect_agg": "e2e"}, 3),
+                       ("xtrace_agent_collect_duration_seconds", "gauge", "h", {"interface": "xta0"}, 0.000123)])
     if zeros:
-        b.health.append(("xtrace_agent_push_failures_total", "counter", "h", {"interface": "xta0"}, 0))
+        b = b.with_health([("xtrace_agent_push_failures_total", "counter", "h", {"interface": "xta0"}, 0)])
     return t, b
 
 
 @pytest.mark.parametrize("zeros", [False, True], ids=["nonzero", "with-zero-values"])
 def test_remote_write_bytes_equal_protobuf(zeros: bool) -> None:
     t, b = rw_batch(zeros)
-    enc = RemoteWriteEncoder(t)
+    enc = RemoteWriteEncoder()
     raw = enc.encode(b)
     assert raw == expected_write_request(t, b)
     assert enc.encode(b) == raw  # cached labels give the same bytes
@@ -506,7 +517,7 @@ def test_remote_write_bytes_equal_protobuf(zeros: bool) -> None:
 
 def test_remote_write_body_is_snappy_block_not_framed() -> None:
     t, b = rw_batch(False)
-    enc = RemoteWriteEncoder(t)
+    enc = RemoteWriteEncoder()
     body = enc.body(b)
     assert bytes(cramjam.snappy.decompress_raw(body)) == enc.encode(b)
     assert unsnappy_block(body) == enc.encode(b)
@@ -573,7 +584,7 @@ def test_proto_file_matches_descriptor_and_prompb() -> None:
 def test_remote_write_sample_value_is_ieee_double() -> None:
     t = table()
     b = t.batch(interval(1, [(UDP_KEY, (1, 3), (2**53 + 1, 7))]))
-    req = messages()["WriteRequest"].FromString(RemoteWriteEncoder(t).encode(b))
+    req = messages()["WriteRequest"].FromString(RemoteWriteEncoder().encode(b))
     vals = {ts.labels[0].value: ts.samples[0].value for ts in req.timeseries}
     assert vals["xtrace_network_packets_total"] == float(2**53)  # the nearest double (VM stores float64 anyway)
     assert struct.pack("<d", vals["xtrace_network_bytes_total"]) == struct.pack("<d", 7.0)

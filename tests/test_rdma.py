@@ -422,8 +422,8 @@ def test_wrap_and_reset(roce: Path, caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_metrics_shape_totals_and_encoders(roce: Path) -> None:
-    from xtrace_catch.export.series import Batch, MetricsConfig, SeriesTable, render_text
     from xtrace_catch.export.remote_write import RemoteWriteEncoder, messages
+    from xtrace_catch.export.series import Batch, render_text
 
     clock = Clock()
     rd = rdma.RdmaReader(roce, nccl=True, clock=clock, wall=lambda: WALL)
@@ -456,16 +456,15 @@ def test_metrics_shape_totals_and_encoders(roce: Path) -> None:
     assert not [k for k in by if k[0] == "xtrace_rdma_device_hw_counter_total" and k[1] != "mlx5_1"]
     assert not [k for k in by if k[0] == "xtrace_rdma_hw_counter_total" and k[1] == "mlx4_0"]  # no hw_counters
     # the existing encoders take them as Batch.health
-    table = SeriesTable(MetricsConfig(interface="eth2", host_ip="10.0.0.1"))
     batch = Batch(seq=1, ts_ms=int(WALL * 1000), ids=np.zeros(0, np.int64), values=np.zeros((0, 4), np.uint64),
                   health=samples)
-    text = render_text(table, batch, with_timestamps=True, with_meta=False)
+    text = render_text(batch, with_timestamps=True, with_meta=False)
     assert ('xtrace_rdma_port_bytes_total{device="mlx5_0",port="1",direction="ingress",interface="eth2",'
             'host_ip="10.0.0.1",collect_agg="default"} 5000000000 1700000000000\n') in text
     assert ('xtrace_rdma_port_utilization_ratio{device="mlx5_0",port="1",direction="egress",interface="eth2",'
             'host_ip="10.0.0.1",collect_agg="default"} 0.05 1700000000000\n') in text
     assert text.count("\n") == len(samples)
-    wr = messages()["WriteRequest"].FromString(RemoteWriteEncoder(table).encode(batch))
+    wr = messages()["WriteRequest"].FromString(RemoteWriteEncoder().encode(batch))
     assert len(wr.timeseries) == len(samples)
     first = {lab.name: lab.value for lab in wr.timeseries[0].labels}
     assert first["__name__"] == samples[0][0] and wr.timeseries[0].samples[0].value == samples[0][4]

@@ -89,9 +89,7 @@ def _run(settings: Settings, iface: attach.Interface, bypass_port: tuple[str, in
                 iv = collector.collect()
                 watch.check()
                 bp = tracker.update(kernel_roce_bytes(iv)) if tracker is not None else None
-                batch = export.batch(iv) if export is not None else None
-                if batch is not None and bp is not None:
-                    batch.health.extend(bp.samples(extra))
+                batch = export.batch(iv, bp.samples(extra) if bp is not None else ()) if export is not None else None
                 return (iv, bp), batch
 
             try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -47,7 +47,7 @@ class Export:
         if x.vm_enabled:
             from ..export.push import Pusher, redact_url
 
-            self.pusher = Pusher(x.vm_url, self.table, x.credentials, insecure=x.insecure,
+            self.pusher = Pusher(x.vm_url, x.credentials, insecure=x.insecure,
                                  timeout=x.push_timeout_s, buffer_samples=x.push_buffer_samples)
             self._task = asyncio.create_task(self.pusher.run(self._stop))
             notify(f"pushing metrics to {redact_url(x.vm_url)} ({self.pusher.format.value})")
@@ -61,26 +61,24 @@ class Export:
     def render(self) -> str:
         if self.latest is None:
             return ""
-        return render_text(self.table, self.latest, with_timestamps=False, with_meta=True)
+        return render_text(self.latest, with_timestamps=False, with_meta=True)
 
-    def batch(self, iv: Interval) -> Batch:
-        """Flow modes; runs in the worker thread, right after collect()."""
-        b = self.table.batch(iv)
-        b.health = self._health(iv) + self._push_health()
-        return b
+    def batch(self, iv: Interval, extra: Iterable[Sample] = ()) -> Batch:
+        """Flow modes; runs in the worker thread (the series table's one owner), right after
+        collect(). `extra`: more samples for this interval (the kernel-bypass comparison)."""
+        return self.table.batch(iv, health=[*self._health(iv), *self._push_health(), *extra])
 
     def samples_batch(self, seq: int, ts: float, samples: list[Sample]) -> Batch:
         """Counter modes: a batch of ready samples (no flow series)."""
         return Batch(seq=seq, ts_ms=int(ts * 1000), ids=np.zeros(0, np.int64), values=np.zeros((0, 4), np.uint64),
-                     health=samples + self._push_health())
+                     health=(*samples, *self._push_health()))
 
     def publish(self, b: Batch) -> None:
+        """On the event loop: the batch is immutable and carries its labels, so /metrics and
+        the pusher use it without the series table."""
         self.latest = b
-        oldest = b.seq
         if self.pusher is not None:
             self.pusher.enqueue(b)
-            oldest = min(oldest, self.pusher.oldest_seq or oldest)
-        self.table.prune(oldest)
 
     def status_line(self) -> str:
         """The push state in a few words for the live table ('' when not pushing)."""

@@ -33,7 +33,7 @@ from ..errors import UsageError
 from ..settings import Credentials
 from .remote_write import HEADERS as RW_HEADERS
 from .remote_write import RemoteWriteEncoder
-from .series import Batch, SeriesTable, render_text
+from .series import Batch, render_text
 
 __all__ = ["PushFormat", "classify_url", "redact_url", "PushFailure", "describe_failure", "PushStats", "Pusher"]
 
@@ -199,7 +199,7 @@ class _Pending:
 class Pusher:
     """Owns one httpx.AsyncClient. enqueue() is synchronous and never blocks; run() sends."""
 
-    def __init__(self, url: str, table: SeriesTable, credentials: Credentials | None = None,
+    def __init__(self, url: str, credentials: Credentials | None = None,
                  insecure: bool = False, timeout: float = 10.0, buffer_samples: int = 3_000_000,
                  backoff_base: float = 0.5, backoff_max: float = 30.0) -> None:
         self.format = classify_url(url)
@@ -208,8 +208,7 @@ class Pusher:
         u = httpx.URL(url.strip())
         url_auth = httpx.BasicAuth(u.username, u.password) if u.userinfo else None
         self.url = str(u.copy_with(username=None, password=None)) if u.userinfo else url.strip()
-        self.table = table
-        self.encoder = RemoteWriteEncoder(table) if self.format is PushFormat.REMOTE_WRITE else None
+        self.encoder = RemoteWriteEncoder() if self.format is PushFormat.REMOTE_WRITE else None
         self.creds = credentials or Credentials()
         self.buffer_samples = buffer_samples
         self.backoff_base, self.backoff_max = backoff_base, backoff_max
@@ -250,14 +249,11 @@ class Pusher:
     # -- sender side -------------------------------------------------------------
 
     def _payload(self, p: _Pending) -> tuple[bytes, dict[str, str], int]:
-        b = p.batch
         lo = p.next_chunk * SERIES_PER_REQUEST
-        part = Batch(seq=b.seq, ts_ms=b.ts_ms, ids=b.ids[lo:lo + SERIES_PER_REQUEST],
-                     values=b.values[lo:lo + SERIES_PER_REQUEST],
-                     health=b.health if p.next_chunk == p.chunks() - 1 else [])
+        part = p.batch.part(lo, lo + SERIES_PER_REQUEST, with_health=p.next_chunk == p.chunks() - 1)
         if self.encoder is not None:
             return self.encoder.body(part), dict(RW_HEADERS), part.samples
-        text = render_text(self.table, part, with_timestamps=True, with_meta=False)
+        text = render_text(part, with_timestamps=True, with_meta=False)
         return text.encode(), {"Content-Type": "text/plain"}, part.samples
 
     async def _post(self, body: bytes, headers: dict[str, str]) -> tuple[bool, bool]:

@@ -13,7 +13,8 @@ outage costs ~40 bytes per series, not its text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from sys import intern
 
 import numpy as np
@@ -61,24 +62,44 @@ class MetricsConfig:
     drop_ephemeral_ports: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class Batch:
-    """One interval's flow samples: series ids and their 4 values each."""
+    """One interval's samples, immutable and self-contained: series ids, their 4 values each, and
+    their labels (values and exposition text), so the pusher and /metrics, in other threads,
+    never read the SeriesTable that made it."""
 
     seq: int
     ts_ms: int
     ids: np.ndarray  # (S,) int64 series ids
     values: np.ndarray  # (S, 4) uint64: bytes_total, packets_total, flow_bytes, flow_packets
-    # the agent's own samples: (name, type, help, labels, value)
-    health: list[Sample] = field(default_factory=list)
+    labels: tuple[tuple[str, ...], ...] = ()  # label values of each series (LABELS [+ dst_qp])
+    texts: tuple[str, ...] = ()  # the same as exposition text, `k="v",...`
+    health: tuple[Sample, ...] = ()  # the agent's own samples
+
+    def __post_init__(self) -> None:
+        for a in (self.ids, self.values):
+            a.flags.writeable = False
 
     @property
     def samples(self) -> int:
         return int(self.ids.shape[0]) * len(FLOW_METRICS) + len(self.health)
 
+    def with_health(self, samples: Iterable[Sample]) -> Batch:
+        """This batch with more health samples."""
+        return replace(self, health=(*self.health, *samples))
+
+    def part(self, lo: int, hi: int, with_health: bool) -> Batch:
+        """Series lo..hi (one request's worth), with or without the health samples."""
+        return Batch(seq=self.seq, ts_ms=self.ts_ms, ids=self.ids[lo:hi], values=self.values[lo:hi],
+                     labels=self.labels[lo:hi], texts=self.texts[lo:hi], health=self.health if with_health else ())
+
 
 class SeriesTable:
-    """Maps flows to label sets and label sets to series ids; keeps label text per series."""
+    """Maps flows to label sets and label sets to series ids; keeps label text per series.
+
+    One owner: the thread that calls :meth:`batch` (the interval worker). Everything another
+    thread needs travels in the immutable Batch, so the table is never read, written or pruned
+    from two threads."""
 
     def __init__(self, cfg: MetricsConfig) -> None:
         self.cfg = cfg
@@ -140,8 +161,9 @@ class SeriesTable:
             self._text[sid] = t
         return t
 
-    def batch(self, iv: Interval) -> Batch:
-        """The interval's flow samples, aggregated per label set."""
+    def batch(self, iv: Interval, health: Iterable[Sample] = ()) -> Batch:
+        """The interval's flow samples, aggregated per label set, with their labels; then
+        forgets the label sets this interval did not use."""
         keys, totals, delta = iv.all_keys, iv.all_totals, iv.all_delta
         n = len(keys)
         kl = key_bytes(keys)
@@ -206,17 +228,24 @@ class SeriesTable:
         uniq, inv = np.unique(ids, return_inverse=True) if n else (np.zeros(0, np.int64), np.zeros(0, np.int64))
         agg = np.zeros((len(uniq), 4), dtype=np.uint64)
         np.add.at(agg, inv, cols)
-        self._last_seq.update(dict.fromkeys(uniq.tolist(), iv.seq))
+        sids = uniq.tolist()
+        self._last_seq.update(dict.fromkeys(sids, iv.seq))
         # Flows gone from the kernel map no longer need their flow->series entry.
         if len(fs) > 2 * max(n, 1024):
             live_keys = set(kl)
             for k in [k for k in fs if k not in live_keys]:
                 del fs[k]
-        return Batch(seq=iv.seq, ts_ms=int(iv.time * 1000), ids=uniq.astype(np.int64), values=agg)
+        labels = self.labels
+        batch = Batch(seq=iv.seq, ts_ms=int(iv.time * 1000), ids=uniq.astype(np.int64), values=agg,
+                      labels=tuple(labels[s] for s in sids), texts=tuple(self.label_text(s) for s in sids),
+                      health=tuple(health))
+        self._forget(iv.seq)
+        return batch
 
-    def prune(self, oldest_needed_seq: int) -> None:
-        """Forget label sets unused since before `oldest_needed_seq` (no buffered batch needs them)."""
-        stale = [sid for sid, seq in self._last_seq.items() if seq < oldest_needed_seq and sid not in self._other_acc]
+    def _forget(self, seq: int) -> None:
+        """Forget label sets unused in interval `seq` (every tracked flow is in each interval, so
+        these are flows gone from the kernel map); `other` series keep their accumulated totals."""
+        stale = [sid for sid, last in self._last_seq.items() if last < seq and sid not in self._other_acc]
         for sid in stale:
             del self._last_seq[sid]
             vals = self.labels.pop(sid)
@@ -231,15 +260,14 @@ class SeriesTable:
         return len(self.labels)
 
 
-def render_text(table: SeriesTable, batch: Batch, with_timestamps: bool, with_meta: bool,
-                common: dict[str, str] | None = None) -> str:
+def render_text(batch: Batch, with_timestamps: bool, with_meta: bool) -> str:
     """Prometheus exposition text of a batch (+ its health samples).
 
     Push (VictoriaMetrics import) uses millisecond timestamps; /metrics uses none plus
     HELP/TYPE lines."""
     ts = f" {batch.ts_ms}" if with_timestamps else ""
     out: list[str] = []
-    texts = [table.label_text(int(s)) for s in batch.ids]
+    texts = batch.texts
     for name, mtype, help_, col in FLOW_METRICS:
         if with_meta:
             out.append(f"# HELP {name} {help_}\n# TYPE {name} {mtype}\n")
