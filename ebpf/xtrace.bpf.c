@@ -119,15 +119,31 @@ struct {
 	__type(value, __u8);
 } dns_servers SEC(".maps");
 
+/*
+ * Wire formats. `*_OFF` are byte offsets from the start of the header they
+ * name; multi-byte fields are big-endian and read a byte at a time.
+ */
+
+/* Ethernet II (IEEE 802.3) and its VLAN tags (IEEE 802.1Q C-tag, 802.1ad S-tag
+ * for QinQ): a 4-byte tag is the TCI (PCP, DEI, 12-bit VID) then the next ethertype. */
 #define ETH_HLEN        14
+#define ETH_PROTO_OFF   12
 #define ETH_P_IP        0x0800
 #define ETH_P_IPV6      0x86DD
 #define ETH_P_8021Q     0x8100
 #define ETH_P_8021AD    0x88A8
-#define ETH_P_ROCE      0x8915
-#define IPOIB_HLEN      24 /* 20-byte pseudo header (hw address) + 4-byte encap */
+#define ETH_P_ROCE      0x8915 /* RoCE v1, IBTA Annex A16 */
+#define VLAN_HLEN       4
+#define VLAN_PROTO_OFF  2
+#define VLAN_VID_MASK   0x0fff
+#define MAX_VLAN_TAGS   2
+
+/* IPoIB (RFC 4391) as a Linux netdev shows it: a 20-byte pseudo header (the
+ * hardware address) then the 4-byte encapsulation header (ethertype, reserved). */
+#define IPOIB_HLEN      24
 #define IPOIB_PROTO_OFF 20
 
+/* IP protocol numbers (IANA), IPv6 extension headers included. */
 #define IPPROTO_HOPOPTS  0
 #define IPPROTO_ICMP     1
 #define IPPROTO_TCP      6
@@ -138,13 +154,105 @@ struct {
 #define IPPROTO_ICMPV6   58
 #define IPPROTO_DSTOPTS  60
 
+/* ECN field (RFC 3168, 5): the low 2 bits of the IPv4 TOS octet / the IPv6
+ * (and GRH) Traffic Class; both bits set is CE, Congestion Experienced. */
+#define ECN_MASK 0x3
+#define ECN_CE   0x3
+
+/* IPv4 (RFC 791, 3.1). IHL and the version share octet 0. The fragment
+ * offset (13 bits, 8-octet units) follows the flags; only a non-first fragment
+ * (offset != 0) lacks the L4 header, so the MF flag (0x2000) is not looked at. */
+#define IPV4_VERSION     4
+#define IPV4_HLEN_MIN    20
+#define IPV4_IHL_MASK    0x0f /* header length in 32-bit words */
+#define IPV4_TOS_OFF     1
+#define IPV4_FRAG_OFF    6
+#define IPV4_OFFSET_MASK 0x1fff
+#define IPV4_PROTO_OFF   9
+#define IPV4_SADDR_OFF   12
+#define IPV4_DADDR_OFF   16
+
+/* IPv6 (RFC 8200, 3). The Traffic Class straddles octets 0 and 1, so its ECN
+ * bits are bits 5-4 of octet 1. */
+#define IPV6_VERSION     6
+#define IPV6_HLEN        40
+#define IPV6_ECN_SHIFT   4
+#define IPV6_NEXTHDR_OFF 6
+#define IPV6_SADDR_OFF   8
+#define IPV6_DADDR_OFF   24
+
+/* IPv6 extension headers (RFC 8200, 4): next header in octet 0, at least 8
+ * octets. Hop-by-Hop, Routing and Destination Options give their length in
+ * octet 1 in 8-octet units not counting the first 8 (RFC 8200, 4.3-4.6); AH in
+ * 4-octet units minus 2 (RFC 4302, 2.2). The Fragment header (RFC 8200, 4.5)
+ * is 8 octets; octets 2-3 are the offset (13 bits, 8-octet units), 2 reserved
+ * bits and the M flag: a non-first fragment has offset != 0. */
+#define IPV6_EXT_NEXTHDR_OFF 0
+#define IPV6_EXT_LEN_OFF     1
+#define IPV6_EXT_HLEN_MIN    8
+#define IPV6_EXT_LEN_UNIT    8
+#define AH_LEN_UNIT          4
+#define AH_LEN_BIAS          2
+#define IPV6_FRAG_HLEN       8
+#define IPV6_FRAG_OFF        2
+#define IPV6_FRAG_OFFSET_MASK 0xfff8
+#define IPV6_MAX_EXT   6
+/* Keeps the L4 offset's range small for the verifier; a chain this long is
+ * beyond anything we parse. */
+#define IPV6_L4_OFF_MAX 1024
+
+/* TCP (RFC 9293, 3.1), UDP (RFC 768), ICMP (RFC 792) / ICMPv6 (RFC 4443): the
+ * ports lead both TCP and UDP; TCP's data offset (32-bit words) is the high
+ * nibble of octet 12. ICMP is counted when its first 8 octets are there. */
+#define L4_SPORT_OFF   0
+#define L4_DPORT_OFF   2
+#define TCP_HLEN_MIN   20
+#define TCP_DOFF_OFF   12
+#define UDP_HLEN       8
+#define ICMP_HLEN      8
+
+#define DNS_PORT       53 /* RFC 1035, 4.2 (UDP and TCP) */
+
+/* RoCE v2 (IBTA Annex A17): the BTH in a UDP datagram to the IANA port 4791.
+ * RoCE v1 (Annex A16): ethertype 0x8915, a GRH then the BTH. The GRH (IBTA
+ * Vol. 1, 8.3) is laid out as an IPv6 header; next header 0x1B is the IBA
+ * transport (a BTH follows). */
 #define ROCE_V2_PORT   4791
 #define GRH_LEN        40
+#define GRH_NEXTHDR_OFF 6
+#define GRH_SGID_OFF   8
+#define GRH_DGID_OFF   24
 #define GRH_NEXT_BTH   0x1B
+
+/* BTH (IBTA Vol. 1, 9.2): the opcode in octet 0, the 24-bit destination QP in
+ * octets 5-7. */
 #define BTH_LEN        12
-#define BTH_OP_CNP     0x81
-#define IPV6_MAX_EXT   6
-#define MAX_VLAN_TAGS  2
+#define BTH_OPCODE_OFF 0
+#define BTH_DQP_OFF    5
+
+/*
+ * BTH opcodes (IBTA Vol. 1, 9.2.1, the OpCode table): bits 7-5 are the
+ * transport (RC 0x00, UC 0x20, RD 0x40, UD 0x60, CNP 0x80, XRC 0xA0), bits 4-0
+ * the operation, numbered alike for every transport. The classes counted are
+ * runs of operations: FIRST..LAST of each run below.
+ */
+#define BTH_OP_MASK            0x1f
+#define BTH_OP_SEND_FIRST      0x00 /* SEND first, middle, last, last+imm, only, only+imm */
+#define BTH_OP_SEND_ONLY_IMM   0x05
+#define BTH_OP_WRITE_FIRST     0x06 /* RDMA WRITE first, middle, last, last+imm, only, only+imm */
+#define BTH_OP_WRITE_ONLY_IMM  0x0b
+#define BTH_OP_READ_REQ        0x0c /* RDMA READ request */
+#define BTH_OP_READ_RESP_FIRST 0x0d /* RDMA READ response first, middle, last, only */
+#define BTH_OP_READ_RESP_ONLY  0x10
+#define BTH_OP_ACK             0x11 /* ACK, ATOMIC ACK */
+#define BTH_OP_ATOMIC_ACK      0x12
+#define BTH_OP_CMP_SWAP        0x13 /* compare-swap, fetch-add */
+#define BTH_OP_FETCH_ADD       0x14
+#define BTH_OP_SEND_LAST_INV   0x16 /* SEND last / only with invalidate */
+#define BTH_OP_SEND_ONLY_INV   0x17
+/* CNP (IBTA Annex A17, RoCE v2 congestion control): transport 0x80, operation 0x01. */
+#define BTH_OP_CNP             0x81
+
 /* In TC, headers beyond the linear part are pulled in up to this length. */
 #define TC_PULL_LEN    256
 
@@ -187,7 +295,51 @@ static __always_inline void copy_addr16(__u8 *dst, const __u8 *src)
 	__builtin_memcpy(dst + 8, &b, 8);
 }
 
-/* L4 ports, and RoCE v2's BTH behind UDP 4791. `l4` is the L4 offset. */
+/* A big-endian 16-bit field, as a __u32 like the (__u16)p[0] << 8 | p[1] it
+ * stands for (as a __u16, clang compiles the masked uses otherwise). */
+static __always_inline __u32 load_be16(const __u8 *p)
+{
+	return ((__u32)p[0] << 8) | p[1];
+}
+
+/* ECN is CE in an IPv6 header or a GRH (the same Traffic Class field). */
+static __always_inline __u8 ipv6_ecn_ce(const __u8 *ip6)
+{
+	return ((ip6[1] >> IPV6_ECN_SHIFT) & ECN_MASK) == ECN_CE;
+}
+
+/* TCP and UDP: the ports lead the header. */
+static __always_inline void set_ports(struct flow_key *key, const __u8 *l4)
+{
+	key->src_port = load_be16(l4 + L4_SPORT_OFF);
+	key->dst_port = load_be16(l4 + L4_DPORT_OFF);
+}
+
+/* RoCE v1 and v2: the destination QP and the opcode from the BTH. */
+static __always_inline void set_bth(struct flow_key *key, struct pkt_info *pi, const __u8 *bth)
+{
+	const __u8 *qp = bth + BTH_DQP_OFF;
+
+	key->dst_qp = ((__u32)qp[0] << 16) | ((__u32)qp[1] << 8) | qp[2];
+	pi->opcode = bth[BTH_OPCODE_OFF];
+}
+
+/* A non-first IP fragment (key->protocol set): no L4 header here, so no ports;
+ * the type is the protocol's. `icmp` is ICMP's protocol number for this IP
+ * version. A macro: as an inline function, clang lays the parser out otherwise. */
+#define XT_SET_FRAGMENT(key, pi, len, icmp)                     \
+	do {                                                    \
+		(pi)->fragment = 1;                             \
+		(pi)->hdr_len = (len);                          \
+		if ((key)->protocol == IPPROTO_TCP)             \
+			(key)->traffic_type = XT_TYPE_TCP;      \
+		else if ((key)->protocol == IPPROTO_UDP)        \
+			(key)->traffic_type = XT_TYPE_UDP;      \
+		else if ((key)->protocol == (icmp))             \
+			(key)->traffic_type = XT_TYPE_ICMP;     \
+	} while (0)
+
+/* L4 ports, and RoCE v2's BTH behind UDP ROCE_V2_PORT. `l4` is the L4 offset. */
 static __always_inline int parse_l4(void *data, void *data_end, __u32 l4,
 				    struct flow_key *key, struct pkt_info *pi)
 {
@@ -195,45 +347,42 @@ static __always_inline int parse_l4(void *data, void *data_end, __u32 l4,
 
 	switch (key->protocol) {
 	case IPPROTO_TCP: {
-		if ((void *)(p + 20) > data_end)
+		if ((void *)(p + TCP_HLEN_MIN) > data_end)
 			return PARSE_TRUNCATED;
-		__u32 doff = (p[12] >> 4) * 4;
-		if (doff < 20)
+		__u32 doff = (p[TCP_DOFF_OFF] >> 4) * 4;
+		if (doff < TCP_HLEN_MIN)
 			return PARSE_TRUNCATED;
 		/* Options must be present in full: doff*4 is replicated per GSO segment. */
 		if ((void *)(p + doff) > data_end)
 			return PARSE_TRUNCATED;
-		key->src_port = ((__u16)p[0] << 8) | p[1];
-		key->dst_port = ((__u16)p[2] << 8) | p[3];
+		set_ports(key, p);
 		key->traffic_type = XT_TYPE_TCP;
 		pi->hdr_len = l4 + doff;
 		return PARSE_OK;
 	}
 	case IPPROTO_UDP: {
-		if ((void *)(p + 8) > data_end)
+		if ((void *)(p + UDP_HLEN) > data_end)
 			return PARSE_TRUNCATED;
-		key->src_port = ((__u16)p[0] << 8) | p[1];
-		key->dst_port = ((__u16)p[2] << 8) | p[3];
+		set_ports(key, p);
 		key->traffic_type = XT_TYPE_UDP;
-		pi->hdr_len = l4 + 8;
+		pi->hdr_len = l4 + UDP_HLEN;
 		if (key->dst_port != ROCE_V2_PORT)
 			return PARSE_OK;
-		/* RoCE v2: a UDP 4791 datagram too short for a BTH is malformed. */
-		__u8 *bth = p + 8;
+		/* RoCE v2: a datagram to ROCE_V2_PORT too short for a BTH is malformed. */
+		__u8 *bth = p + UDP_HLEN;
 		if ((void *)(bth + BTH_LEN) > data_end)
 			return PARSE_TRUNCATED;
 		key->traffic_type = XT_TYPE_ROCE_V2;
-		key->dst_qp = ((__u32)bth[5] << 16) | ((__u32)bth[6] << 8) | bth[7];
-		pi->opcode = bth[0];
-		pi->hdr_len = l4 + 8 + BTH_LEN;
+		set_bth(key, pi, bth);
+		pi->hdr_len = l4 + UDP_HLEN + BTH_LEN;
 		return PARSE_OK;
 	}
 	case IPPROTO_ICMP:
 	case IPPROTO_ICMPV6:
-		if ((void *)(p + 8) > data_end)
+		if ((void *)(p + ICMP_HLEN) > data_end)
 			return PARSE_TRUNCATED;
 		key->traffic_type = XT_TYPE_ICMP;
-		pi->hdr_len = l4 + 8;
+		pi->hdr_len = l4 + ICMP_HLEN;
 		return PARSE_OK;
 	default:
 		/* Everything before the L4 payload (e.g. the last extension header) must be there. */
@@ -249,33 +398,27 @@ static __always_inline int parse_ipv4(void *data, void *data_end, __u32 off,
 {
 	__u8 *ip = data + off;
 
-	if ((void *)(ip + 20) > data_end)
+	if ((void *)(ip + IPV4_HLEN_MIN) > data_end)
 		return PARSE_TRUNCATED;
-	if ((ip[0] >> 4) != 4)
+	if ((ip[0] >> 4) != IPV4_VERSION)
 		return PARSE_TRUNCATED;
-	__u32 ihl = (ip[0] & 0x0f) * 4;
-	if (ihl < 20)
+	__u32 ihl = (ip[0] & IPV4_IHL_MASK) * 4;
+	if (ihl < IPV4_HLEN_MIN)
 		return PARSE_TRUNCATED;
 	/* Options must be present in full (IHL covers them). */
 	if ((void *)(ip + ihl) > data_end)
 		return PARSE_TRUNCATED;
 
-	pi->ecn_ce = (ip[1] & 3) == 3;
-	key->protocol = ip[9];
-	set_v4mapped(key->src_addr, ip + 12);
-	set_v4mapped(key->dst_addr, ip + 16);
+	pi->ecn_ce = (ip[IPV4_TOS_OFF] & ECN_MASK) == ECN_CE;
+	key->protocol = ip[IPV4_PROTO_OFF];
+	set_v4mapped(key->src_addr, ip + IPV4_SADDR_OFF);
+	set_v4mapped(key->dst_addr, ip + IPV4_DADDR_OFF);
 
-	__u16 frag = ((__u16)(ip[6] & 0x1f) << 8) | ip[7];
+	/* The fragment offset, i.e. load_be16(ip + IPV4_FRAG_OFF) & IPV4_OFFSET_MASK,
+	 * masked a byte at a time (the instructions clang made of it before). */
+	__u16 frag = ((ip[IPV4_FRAG_OFF] & (IPV4_OFFSET_MASK >> 8)) << 8) | ip[IPV4_FRAG_OFF + 1];
 	if (frag) {
-		/* Non-first fragment: no L4 header here, so no ports. */
-		pi->fragment = 1;
-		pi->hdr_len = off + ihl;
-		if (key->protocol == IPPROTO_TCP)
-			key->traffic_type = XT_TYPE_TCP;
-		else if (key->protocol == IPPROTO_UDP)
-			key->traffic_type = XT_TYPE_UDP;
-		else if (key->protocol == IPPROTO_ICMP)
-			key->traffic_type = XT_TYPE_ICMP;
+		XT_SET_FRAGMENT(key, pi, off + ihl, IPPROTO_ICMP);
 		return PARSE_OK;
 	}
 	return parse_l4(data, data_end, off + ihl, key, pi);
@@ -286,17 +429,17 @@ static __always_inline int parse_ipv6(void *data, void *data_end, __u32 off,
 {
 	__u8 *ip6 = data + off;
 
-	if ((void *)(ip6 + 40) > data_end)
+	if ((void *)(ip6 + IPV6_HLEN) > data_end)
 		return PARSE_TRUNCATED;
-	if ((ip6[0] >> 4) != 6)
+	if ((ip6[0] >> 4) != IPV6_VERSION)
 		return PARSE_TRUNCATED;
 
-	pi->ecn_ce = ((ip6[1] >> 4) & 3) == 3;
-	copy_addr16(key->src_addr, ip6 + 8);
-	copy_addr16(key->dst_addr, ip6 + 24);
+	pi->ecn_ce = ipv6_ecn_ce(ip6);
+	copy_addr16(key->src_addr, ip6 + IPV6_SADDR_OFF);
+	copy_addr16(key->dst_addr, ip6 + IPV6_DADDR_OFF);
 
-	__u8 nexthdr = ip6[6];
-	__u32 l4 = off + 40;
+	__u8 nexthdr = ip6[IPV6_NEXTHDR_OFF];
+	__u32 l4 = off + IPV6_HLEN;
 
 	/* Bounded walk over the extension headers we can skip. More than
 	 * IPV6_MAX_EXT of them (a loop or a crafted chain) is unparsable. */
@@ -309,41 +452,32 @@ static __always_inline int parse_ipv6(void *data, void *data_end, __u32 off,
 		case IPPROTO_HOPOPTS:
 		case IPPROTO_ROUTING:
 		case IPPROTO_DSTOPTS:
-			if ((void *)(h + 8) > data_end)
+			if ((void *)(h + IPV6_EXT_HLEN_MIN) > data_end)
 				return PARSE_TRUNCATED;
-			len = ((__u32)h[1] + 1) * 8;
+			len = ((__u32)h[IPV6_EXT_LEN_OFF] + 1) * IPV6_EXT_LEN_UNIT;
 			break;
 		case IPPROTO_AH:
-			if ((void *)(h + 8) > data_end)
+			if ((void *)(h + IPV6_EXT_HLEN_MIN) > data_end)
 				return PARSE_TRUNCATED;
-			len = ((__u32)h[1] + 2) * 4;
+			len = ((__u32)h[IPV6_EXT_LEN_OFF] + AH_LEN_BIAS) * AH_LEN_UNIT;
 			break;
 		case IPPROTO_FRAGMENT:
-			if ((void *)(h + 8) > data_end)
+			if ((void *)(h + IPV6_FRAG_HLEN) > data_end)
 				return PARSE_TRUNCATED;
-			if ((((__u16)h[2] << 8) | h[3]) & 0xfff8) {
-				key->protocol = h[0];
-				pi->fragment = 1;
-				pi->hdr_len = l4 + 8;
-				if (key->protocol == IPPROTO_TCP)
-					key->traffic_type = XT_TYPE_TCP;
-				else if (key->protocol == IPPROTO_UDP)
-					key->traffic_type = XT_TYPE_UDP;
-				else if (key->protocol == IPPROTO_ICMPV6)
-					key->traffic_type = XT_TYPE_ICMP;
+			if (load_be16(h + IPV6_FRAG_OFF) & IPV6_FRAG_OFFSET_MASK) {
+				key->protocol = h[IPV6_EXT_NEXTHDR_OFF];
+				XT_SET_FRAGMENT(key, pi, l4 + IPV6_FRAG_HLEN, IPPROTO_ICMPV6);
 				return PARSE_OK;
 			}
-			len = 8;
+			len = IPV6_FRAG_HLEN;
 			break;
 		default:
 			key->protocol = nexthdr;
 			return parse_l4(data, data_end, l4, key, pi);
 		}
-		nexthdr = h[0];
+		nexthdr = h[IPV6_EXT_NEXTHDR_OFF];
 		l4 += len;
-		/* Keeps the offset's range small for the verifier; a chain this
-		 * long is beyond anything we parse. */
-		if (l4 > 1024)
+		if (l4 > IPV6_L4_OFF_MAX)
 			return PARSE_TRUNCATED;
 	}
 	/* IPV6_MAX_EXT headers were skipped: what follows must not be another one. */
@@ -359,7 +493,7 @@ static __always_inline int parse_ipv6(void *data, void *data_end, __u32 off,
 	return parse_l4(data, data_end, l4, key, pi);
 }
 
-/* RoCE v1: GRH (40 bytes, next header 0x1B) then BTH. */
+/* RoCE v1: GRH (GRH_LEN bytes, next header GRH_NEXT_BTH) then BTH. */
 static __always_inline int parse_roce_v1(void *data, void *data_end, __u32 off,
 					 struct flow_key *key, struct pkt_info *pi)
 {
@@ -367,16 +501,15 @@ static __always_inline int parse_roce_v1(void *data, void *data_end, __u32 off,
 
 	if ((void *)(grh + GRH_LEN + BTH_LEN) > data_end)
 		return PARSE_TRUNCATED;
-	if (grh[6] != GRH_NEXT_BTH)
+	if (grh[GRH_NEXTHDR_OFF] != GRH_NEXT_BTH)
 		return PARSE_TRUNCATED;
 	__u8 *bth = grh + GRH_LEN;
 
-	pi->ecn_ce = ((grh[1] >> 4) & 3) == 3;
-	copy_addr16(key->src_addr, grh + 8);
-	copy_addr16(key->dst_addr, grh + 24);
+	pi->ecn_ce = ipv6_ecn_ce(grh);
+	copy_addr16(key->src_addr, grh + GRH_SGID_OFF);
+	copy_addr16(key->dst_addr, grh + GRH_DGID_OFF);
 	key->traffic_type = XT_TYPE_ROCE_V1;
-	key->dst_qp = ((__u32)bth[5] << 16) | ((__u32)bth[6] << 8) | bth[7];
-	pi->opcode = bth[0];
+	set_bth(key, pi, bth);
 	pi->hdr_len = off + GRH_LEN + BTH_LEN;
 	return PARSE_OK;
 }
@@ -392,26 +525,26 @@ static __always_inline int parse_frame(void *data, void *data_end,
 	if (cfg_link_type == XT_LINK_INFINIBAND) {
 		if ((void *)(p + IPOIB_HLEN) > data_end)
 			return PARSE_TRUNCATED;
-		proto = ((__u16)p[IPOIB_PROTO_OFF] << 8) | p[IPOIB_PROTO_OFF + 1];
+		proto = load_be16(p + IPOIB_PROTO_OFF);
 		off = IPOIB_HLEN;
 	} else {
 		if ((void *)(p + ETH_HLEN) > data_end)
 			return PARSE_TRUNCATED;
-		proto = ((__u16)p[12] << 8) | p[13];
+		proto = load_be16(p + ETH_PROTO_OFF);
 		off = ETH_HLEN;
 #pragma unroll
 		for (int i = 0; i < MAX_VLAN_TAGS; i++) {
 			if (proto != ETH_P_8021Q && proto != ETH_P_8021AD)
 				break;
 			__u8 *tag = data + off;
-			if ((void *)(tag + 4) > data_end)
+			if ((void *)(tag + VLAN_HLEN) > data_end)
 				return PARSE_TRUNCATED;
 			if (!pi->vlan_seen) {
-				key->vlan_id = (((__u16)tag[0] << 8) | tag[1]) & 0x0fff;
+				key->vlan_id = load_be16(tag) & VLAN_VID_MASK;
 				pi->vlan_seen = 1;
 			}
-			proto = ((__u16)tag[2] << 8) | tag[3];
-			off += 4;
+			proto = load_be16(tag + VLAN_PROTO_OFF);
+			off += VLAN_HLEN;
 		}
 		if (proto == ETH_P_8021Q || proto == ETH_P_8021AD)
 			return PARSE_TRUNCATED; /* more tags than we parse */
@@ -477,7 +610,7 @@ static __always_inline int filtered_out(const struct flow_key *key)
 
 	if (cfg_exclude_dns && (key->eth_proto == ETH_P_IP || key->eth_proto == ETH_P_IPV6)) {
 		if ((key->protocol == IPPROTO_UDP || key->protocol == IPPROTO_TCP) &&
-		    (key->src_port == 53 || key->dst_port == 53))
+		    (key->src_port == DNS_PORT || key->dst_port == DNS_PORT))
 			return 1;
 		if (bpf_map_lookup_elem(&dns_servers, key->src_addr) ||
 		    bpf_map_lookup_elem(&dns_servers, key->dst_addr))
@@ -507,18 +640,18 @@ static __always_inline void add_ops(struct flow_value *v, __s32 opcode, __u64 se
 		return;
 	}
 	/* The low 5 bits name the operation for every transport (RC/UC/RD/UD/XRC). */
-	__u32 op = opcode & 0x1f;
-	if (op <= 5 || op == 22 || op == 23)
+	__u32 op = opcode & BTH_OP_MASK;
+	if (op <= BTH_OP_SEND_ONLY_IMM || op == BTH_OP_SEND_LAST_INV || op == BTH_OP_SEND_ONLY_INV)
 		XT_ADD(atomic, v->op_send, segs);
-	else if (op <= 11)
+	else if (op <= BTH_OP_WRITE_ONLY_IMM)
 		XT_ADD(atomic, v->op_write, segs);
-	else if (op == 12)
+	else if (op == BTH_OP_READ_REQ)
 		XT_ADD(atomic, v->op_read_req, segs);
-	else if (op <= 16)
+	else if (op <= BTH_OP_READ_RESP_ONLY)
 		XT_ADD(atomic, v->op_read_resp, segs);
-	else if (op <= 18)
+	else if (op <= BTH_OP_ATOMIC_ACK)
 		XT_ADD(atomic, v->op_ack, segs);
-	else if (op <= 20)
+	else if (op <= BTH_OP_FETCH_ADD)
 		XT_ADD(atomic, v->op_atomic, segs);
 	else
 		XT_ADD(atomic, v->op_other, segs);
@@ -554,7 +687,7 @@ static __always_inline int parse_fresh(void *data, void *data_end, struct flow_k
 	pi->opcode = -1;
 	key->direction = direction;
 	if (vlan_hw_present) {
-		key->vlan_id = vlan_hw_tci & 0x0fff;
+		key->vlan_id = vlan_hw_tci & VLAN_VID_MASK;
 		pi->vlan_seen = 1;
 	}
 	return parse_frame(data, data_end, key, pi);
@@ -664,7 +797,7 @@ static __always_inline void count_frame(struct flow_key *key, const struct pkt_i
 	if (segs > 1 && ret == PARSE_OK)
 		bytes += (__u64)(segs - 1) * pi->hdr_len;
 	if (vlan_hw_present)
-		bytes += 4ULL * segs;
+		bytes += (__u64)VLAN_HLEN * segs;
 
 	struct xtrace_stats *st = bpf_map_lookup_elem(&stats, &zero);
 	if (!st)
