@@ -8,7 +8,6 @@ only when the process is not root; on a root run a missing BPF feature fails.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/frames.py, tests/pcaplib.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/frames.py, tests/pcaplib.py, tests/tools.py
+
+from tools import find_tool, require_tool  # noqa: E402 (needs the path above)
 
 DATA = Path(__file__).resolve().parent / "data"
 IS_ROOT = os.geteuid() == 0
@@ -102,14 +103,19 @@ def datapath() -> Iterator[Callable[..., object]]:
 
 
 @pytest.fixture(scope="session")
-def tshark() -> str | None:
-    """Path of tshark, or None (tests then use expectations cited from VERIFICATION.txt)."""
-    return shutil.which("tshark")
+def tshark() -> str:
+    """Path of tshark; missing: the test fails under CI and is skipped elsewhere (tests/tools.py)."""
+    return require_tool("tshark", "tshark")
+
+
+@pytest.fixture(scope="session")
+def tshark_if_installed() -> str | None:
+    """Path of tshark, or None outside CI (the test then checks only the expectations cited from
+    VERIFICATION.txt); under CI a missing tshark fails the test."""
+    return find_tool("tshark", "tshark")
 
 
 @pytest.fixture(scope="session")
 def gcc() -> str:
-    path = shutil.which("gcc") or shutil.which("cc")
-    if not path:
-        pytest.skip("no C compiler (gcc/cc) to build the header cross-check program")
-    return path
+    """A C compiler (gcc, else cc) for the header cross-check programs; missing: fail under CI, skip elsewhere."""
+    return require_tool("gcc", "gcc", "cc")

@@ -19,9 +19,7 @@ flows, not just a subset. Raw IPv6 frames still reach XDP/TC: the hook runs befo
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
-import shutil
 import signal
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -50,6 +48,7 @@ from netns import (
     xdp_prog,
     xtrace,
 )
+from tools import require_tool
 
 pytestmark = pytest.mark.kernel
 
@@ -493,8 +492,7 @@ __attribute__((section("license"), used)) char _license[] = "GPL";
 @pytest.fixture(scope="module")
 def foreign_obj(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Somebody else's BPF object: an XDP program 'foreign' and a TC program 'foreign_tc'."""
-    clang = shutil.which("clang")
-    assert clang, "clang is needed to build the foreign BPF programs"
+    clang = require_tool("clang", "clang")  # builds the foreign BPF programs
     d = tmp_path_factory.mktemp("foreign-bpf")
     (d / "foreign.c").write_text(FOREIGN_C)
     arch = run([clang, "-print-multiarch"], timeout=30).stdout.strip()
@@ -750,8 +748,7 @@ def gid_text(gid: str) -> str:
 
 def tshark_expectation(path: Path) -> dict[tuple[str, str, str, int], tuple[int, int, int, dict[str, int]]]:
     """(type, src, dst, dst_qp) -> (packets, bytes, cnp, opcode classes) as tshark reads the capture."""
-    tshark = shutil.which("tshark")
-    assert tshark, "tshark is needed to cross-check the replay"
+    tshark = require_tool("tshark", "tshark")  # the independent reading of the captures
     fields = ["frame.len", "eth.type", "udp.dstport", "ip.src", "ip.dst", "infiniband.grh.sgid",
               "infiniband.grh.dgid", "infiniband.bth.destqp", "infiniband.bth.opcode"]
     p = run([tshark, "-r", str(path), "-T", "fields", *sum((["-e", f] for f in fields), [])], timeout=60)
@@ -776,6 +773,7 @@ def tshark_expectation(path: Path) -> dict[tuple[str, str, str, int], tuple[int,
 
 
 def test_replayed_captures_match_tshark(pair: VethPair) -> None:
+    tcpreplay = require_tool("tcpreplay", "tcpreplay")
     files = [DATA / name for name in CAPTURES]
     want: dict[tuple[str, str, str, int], tuple[int, int, int, dict[str, int]]] = {}
     for f in files:
@@ -792,7 +790,7 @@ def test_replayed_captures_match_tshark(pair: VethPair) -> None:
     with start_agent(pair, "-m", "xdp", "-f", "roce") as a:
         assert a.wait_stderr("xtrace-catch: ") == attached_line(pair, "xdp")
         for f in files:
-            run(["ip", "netns", "exec", pair.peer_ns, "tcpreplay", "-q", "-t", "-i", pair.peer_if, str(f)], timeout=60)
+            run(["ip", "netns", "exec", pair.peer_ns, tcpreplay, "-q", "-t", "-i", pair.peer_if, str(f)], timeout=60)
         assert wait_seen(pair.ns, pair.ifname, n)["seen"] == n
         assert a.stop() == 0
     recs = a.records()

@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from elftools.elf.elffile import ELFFile
-
 from frames import SKB_GSO_SEGS_OFF, SKB_GSO_SIZE_OFF, SKB_SIZE
+from tools import find_tool, require_file, require_tool
 
+from xtrace_catch.errors import ObjectError
 from xtrace_catch.kernel import layout
-from xtrace_catch.kernel.libbpf import MapBatchOpts, TestRunOpts
 from xtrace_catch.kernel.btf import Btf
 from xtrace_catch.kernel.datapath import OBJECT_PATH, Datapath, DatapathConfig
-from xtrace_catch.errors import ObjectError
 from xtrace_catch.kernel.layout import (
     FLOW_KEY,
     FLOW_VALUE,
@@ -31,6 +30,7 @@ from xtrace_catch.kernel.layout import (
     TrafficType,
     check_layout,
 )
+from xtrace_catch.kernel.libbpf import MapBatchOpts, TestRunOpts
 
 REPO = Path(__file__).resolve().parent.parent
 HEADER_DIR = REPO / "ebpf"
@@ -237,8 +237,7 @@ return 0; }}
 def test_ctypes_opts_match_libbpf_header(gcc: str, tmp_path: Path) -> None:
     """TestRunOpts and MapBatchOpts are byte for byte libbpf's bpf_test_run_opts and
     bpf_map_batch_opts (/usr/include/bpf/bpf.h): libbpf reads `sz` bytes of them."""
-    if not Path("/usr/include/bpf/bpf.h").exists():
-        pytest.skip("libbpf development header /usr/include/bpf/bpf.h not installed (Debian: libbpf-dev)")
+    require_file("/usr/include/bpf/bpf.h", "libbpf-dev", "libbpf's development header")
     run_fields = [f for f, _t in TestRunOpts._fields_]
     batch_fields = [f for f, _t in MapBatchOpts._fields_]
     got = _run_c(gcc, tmp_path, f"""
@@ -272,3 +271,62 @@ return 0; }}
 """)
     assert (got["skb.sizeof"], got["skb.gso_segs.off"], got["skb.gso_size.off"]) == (
         SKB_SIZE, SKB_GSO_SEGS_OFF, SKB_GSO_SIZE_OFF)
+
+
+# -- tests/tools.py: a missing tool fails under CI and is skipped elsewhere, naming the package --
+
+NO_TOOL = "xtrace-no-such-tool"
+
+
+@pytest.fixture
+def tool_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A PATH holding only an executable `fake-tool`."""
+    tool = tmp_path / "fake-tool"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    return tool
+
+
+@pytest.mark.parametrize("ci", ["true", "1", "yes"])
+def test_missing_tool_fails_under_ci(ci: str, tool_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(pytest.fail.Exception) as failed:
+        require_tool(NO_TOOL, "no-such-package")
+    assert str(failed.value) == (f"{NO_TOOL} is missing: install it with 'apt-get install no-such-package' "
+                                 "('make deps-test' installs it) [CI is set: a missing test tool fails]")
+    assert not failed.value.pytrace
+    with pytest.raises(pytest.fail.Exception, match=f"^{NO_TOOL} is missing: .*'apt-get install no-such-package'"):
+        find_tool(NO_TOOL, "no-such-package")  # the optional form fails under CI too
+    with pytest.raises(pytest.fail.Exception, match=r"^libbpf's development header /nonexistent/bpf\.h is missing: "
+                                                    r"install it with 'apt-get install libbpf-dev'"):
+        require_file("/nonexistent/bpf.h", "libbpf-dev", "libbpf's development header")
+
+
+@pytest.mark.parametrize("ci", [None, "", "0", "false", "False", "no"])
+def test_missing_tool_skips_outside_ci(ci: str | None, tool_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        require_tool(NO_TOOL, "no-such-package")
+    assert str(skipped.value) == (f"{NO_TOOL} is missing: install it with 'apt-get install no-such-package' "
+                                  "('make deps-test' installs it)")
+    assert find_tool(NO_TOOL, "no-such-package") is None  # the optional form: the test goes on without it
+    with pytest.raises(pytest.skip.Exception, match=r"^/nonexistent/bpf\.h is missing: .*'apt-get install libbpf-dev'"):
+        require_file("/nonexistent/bpf.h", "libbpf-dev")
+
+
+@pytest.mark.parametrize("ci", [None, "true"])
+def test_present_tool_is_found_ci_or_not(ci: str | None, tool_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    assert require_tool("fake-tool", "fake-package") == str(tool_path)
+    assert require_tool(NO_TOOL, "fake-package", "fake-tool") == str(tool_path)  # an alternative (gcc, else cc)
+    assert find_tool("fake-tool", "fake-package") == str(tool_path)
+    assert require_file(tool_path, "fake-package") == tool_path
+    with pytest.raises((pytest.fail.Exception, pytest.skip.Exception), match=f"^{NO_TOOL} / other-tool is missing"):
+        require_tool(NO_TOOL, "fake-package", "other-tool")
