@@ -30,8 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import frames
+import common
 import netenv
+import netns
+import traffic
+
 from xtrace_catch.kernel.datapath import FlowMapInfo
 from xtrace_catch.settings import Mode
 
@@ -50,10 +53,11 @@ class Params:
     intervals: int  # --count
     push: str       # remote write or text import path on VictoriaMetrics
     slope_intervals: int  # a second, shorter run with twice the flows, for RSS per flow (0: none)
+    breakdown_rounds: int = 7  # timed rounds of the per-interval steps in this process
 
 
 FULL = Params(flows=10_000, intervals=12, push="/api/v1/write", slope_intervals=6)  # 60 s + 30 s
-QUICK = Params(flows=10_000, intervals=4, push="/api/v1/write", slope_intervals=0)  # 20 s
+QUICK = Params(flows=10_000, intervals=4, push="/api/v1/write", slope_intervals=0, breakdown_rounds=3)  # 20 s
 TARGET_FLOW_BYTES = 1024
 
 # Runs in the peer namespace. Bounded: at most `duration` seconds, whole cycles of `slices` sends.
@@ -92,7 +96,7 @@ finally:
 
 
 def _progress(msg: str) -> None:
-    print(f"[{NAME}] {msg}", file=sys.stderr, flush=True)
+    common.progress(NAME, msg)
 
 
 @dataclass
@@ -139,22 +143,22 @@ def _measure(p: Params, anomalies: list[str], extra_env: dict[str, str] | None =
 
     state_dir = Path(tempfile.mkdtemp(prefix="xb-agent-state-"))
     frame_file = state_dir / "frames.hex"
-    frame_file.write_text("\n".join(f.hex() for f in frames.many_ipv4_udp(p.flows)))
+    frame_file.write_text("\n".join(f.hex() for f in traffic.many_ipv4_udp(p.flows)))
     duration = p.intervals * INTERVAL_MS / 1000
     try:
-        with netenv.veth_pair("g") as pair, netenv.VictoriaMetrics(pair.ns) as vm:
+        with netns.veth_pair(prefix="xbg") as pair, netenv.victoria_metrics(pair.ns) as vm:
             _progress(f"VictoriaMetrics up in {pair.ns}; starting the agent on {pair.ifname}")
-            cmd = [*netenv.xtrace_cmd(), "run", "-i", pair.ifname, "-m", "tc", "-d", "both", "-t", str(INTERVAL_MS),
+            cmd = [*netns.xtrace_cmd(), "run", "-i", pair.ifname, "-m", "tc", "-d", "both", "-t", str(INTERVAL_MS),
                    "--output", "json", "--count", str(p.intervals), "--vm-enabled", "--vm-url", vm.base + p.push]
             env = {**os.environ, "XTRACE_STATE_DIR": str(state_dir), **(extra_env or {})}
             res.spawn = time.monotonic()
-            with netenv.Proc(pair.ns, cmd, on_line=on_line, env=env) as agent:
+            with netenv.proc(pair.ns, cmd, on_line=on_line, env=env) as agent:
                 agent.wait_stderr("attached", timeout=30)
                 res.attached = time.monotonic()
                 res.attached_rss_kib = netenv.status_kib(agent.pid, "VmRSS")
                 gen_cmd = [sys.executable, "-c", GENERATOR, pair.peer_if, str(frame_file),
                            str(INTERVAL_MS / 1000), str(duration + 10)]
-                with netenv.Proc(pair.peer_ns, gen_cmd) as gen:
+                with netenv.proc(pair.peer_ns, gen_cmd) as gen:
                     _progress(f"agent attached; {p.flows:,} flows, {p.intervals} intervals of {INTERVAL_MS} ms")
                     try:
                         res.rc = agent.wait(timeout=duration + 30)
@@ -164,12 +168,15 @@ def _measure(p: Params, anomalies: list[str], extra_env: dict[str, str] | None =
                         res.gen_cpu = netenv.cpu_seconds(gen.pid)
                     except OSError:
                         pass
-                    gen.stop(timeout=5)
+                    try:
+                        gen.stop(timeout=5)
+                    except subprocess.TimeoutExpired:
+                        pass  # killed on exit; what it printed so far stands
                     res.gen_out = " ".join(gen.out[-1:])
                 res.stderr_tail = agent.err[-5:]
             _progress("agent done; querying VictoriaMetrics")
-            res.series = vm.series_count("xtrace_network_flow_packets")
-            last = vm.last_values('{__name__=~"xtrace_agent_(push_successes|push_failures|samples_dropped)_total"}')
+            res.series = netenv.series_count(vm, "xtrace_network_flow_packets")
+            last = netenv.last_values(vm, '{__name__=~"xtrace_agent_(push_successes|push_failures|samples_dropped)_total"}')
             res.successes = last.get("xtrace_agent_push_successes_total")
             res.failures = last.get("xtrace_agent_push_failures_total")
             res.dropped = last.get("xtrace_agent_samples_dropped_total")
@@ -195,15 +202,14 @@ def _breakdown(flows: int, rounds: int) -> tuple[dict[str, float], dict[str, flo
     import gc
     import tracemalloc
 
-    import collector as collector_bench  # bench/collector.py: the map filler
+    from collector import FlowFiller  # bench/collector.py
 
     from xtrace_catch.export.health import Export
-    from xtrace_catch.flows.emit import Emitter
-    from xtrace_catch.flows.collector import NV, Collector
-    from xtrace_catch.kernel.datapath import PROG_TC_INGRESS, Datapath, DatapathConfig
     from xtrace_catch.export.push import SERIES_PER_REQUEST
-    from xtrace_catch.export.series import Batch
     from xtrace_catch.export.remote_write import RemoteWriteEncoder
+    from xtrace_catch.flows.collector import NV, Collector
+    from xtrace_catch.flows.emit import Emitter
+    from xtrace_catch.kernel.datapath import PROG_TC_INGRESS, Datapath, DatapathConfig
     from xtrace_catch.settings import ExportSettings, Output, Settings
 
     settings = Settings(interface="xbg0", mode=Mode.TC, output=Output.JSON, interval_ms=INTERVAL_MS,
@@ -211,12 +217,12 @@ def _breakdown(flows: int, rounds: int) -> tuple[dict[str, float], dict[str, flo
     t: dict[str, list[float]] = {k: [] for k, _ in BREAKDOWN_STEPS}
     mem: dict[str, float] = {}
     with Datapath(DatapathConfig(programs=frozenset({PROG_TC_INGRESS}))) as dp, open(os.devnull, "w") as sink:
-        filler = collector_bench.FlowFiller(dp.flows, collector_bench.frames.flow_keys(flows))
+        filler = FlowFiller(dp.flows, traffic.flow_keys(flows))
         filler.fill()
         col = Collector(dp)
-        exp = Export(settings, "xbg0", netenv.AGENT_IP4, col)
-        enc = RemoteWriteEncoder(exp.table)
-        emitter = Emitter(settings, "xbg0", netenv.AGENT_IP4, FlowMapInfo(settings.max_flows), sink)
+        exp = Export(settings, "xbg0", netns.AGENT_IP4, col)
+        enc = RemoteWriteEncoder()
+        emitter = Emitter(settings, "xbg0", netns.AGENT_IP4, FlowMapInfo(settings.max_flows), sink)
         st: dict[str, object] = {}
 
         def emit() -> None:
@@ -236,8 +242,7 @@ def _breakdown(flows: int, rounds: int) -> tuple[dict[str, float], dict[str, flo
             # As the Pusher does: one body per SERIES_PER_REQUEST series, encoded when sent.
             b = st["b"]
             for lo in range(0, len(b.ids), SERIES_PER_REQUEST):  # type: ignore[attr-defined]
-                enc.body(Batch(seq=b.seq, ts_ms=b.ts_ms, ids=b.ids[lo:lo + SERIES_PER_REQUEST],  # type: ignore
-                               values=b.values[lo:lo + SERIES_PER_REQUEST], health=b.health))  # type: ignore
+                enc.body(b.part(lo, lo + SERIES_PER_REQUEST, with_health=True))  # type: ignore[attr-defined]
 
         steps = {
             "collect": lambda: st.__setitem__("iv", col.collect()),
@@ -273,9 +278,9 @@ def _breakdown(flows: int, rounds: int) -> tuple[dict[str, float], dict[str, flo
             gc.collect()
             base = tracemalloc.get_traced_memory()[0]
             col = Collector(dp)
-            exp = Export(settings, "xbg0", netenv.AGENT_IP4, col)
-            enc = RemoteWriteEncoder(exp.table)
-            emitter = Emitter(settings, "xbg0", netenv.AGENT_IP4, FlowMapInfo(settings.max_flows), sink)
+            exp = Export(settings, "xbg0", netns.AGENT_IP4, col)
+            enc = RemoteWriteEncoder()
+            emitter = Emitter(settings, "xbg0", netns.AGENT_IP4, FlowMapInfo(settings.max_flows), sink)
             for _ in range(3):
                 filler.bump(every=1)
                 for name in ("collect", "batch", "rw", "emit"):
@@ -297,7 +302,8 @@ IMPORTS = ("numpy", "asyncio", "httpx", "typer", "cramjam", "elftools.elf.elffil
 
 
 def _import_rss() -> dict[str, float]:
-    """MB of RSS a fresh interpreter gains by importing each module alone (one subprocess each)."""
+    """MB of RSS a fresh interpreter gains by importing each module alone (one subprocess each); under
+    the key "" the interpreter's own RSS before the imports (the smallest seen)."""
     code = ("import importlib, sys\n"
             "def rss():\n"
             "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS:'))\n"
@@ -306,18 +312,16 @@ def _import_rss() -> dict[str, float]:
             "    importlib.import_module(m)\n"
             "print(a, rss())")
     out: dict[str, float] = {}
+    base = float("inf")
     for mod in IMPORTS:
         try:
             p = subprocess.run([sys.executable, "-c", code, mod], capture_output=True, text=True, timeout=60)
             a, b = (int(x) for x in p.stdout.split())
             out[mod] = (b - a) / 1024
+            base = min(base, a / 1024)
         except (OSError, ValueError, subprocess.SubprocessError):
             out[mod] = float("nan")
-    return out
-
-
-def _status(ok: bool) -> str:
-    return "ok" if ok else "**over**"
+    return {"": base if base < float("inf") else float("nan"), **out}
 
 
 def _slope_lines(res: Result, big: Result) -> list[str]:
@@ -344,7 +348,7 @@ def _slope_lines(res: Result, big: Result) -> list[str]:
 
 
 def _report(res: Result, big: Result | None, breakdown: dict[str, float], mem: dict[str, float],
-            imports: dict[str, float], rounds: int, anomalies: list[str], seconds: float) -> str:
+            imports: dict[str, float], rounds: int, anomalies: list[str]) -> str:
     p = res.p
     out = ["## Whole agent (10k active flows, export on)", ""]
     out += [
@@ -377,10 +381,10 @@ def _report(res: Result, big: Result | None, breakdown: dict[str, float], mem: d
             "|---|---:|---|---|",
             f"| CPU, steady window (end of interval 1 to end of interval {len(s)}, {last.t - first.t:.1f} s) | "
             f"{steady:.2%} of one core ({(last.cpu - first.cpu) * 1e3 / (len(s) - 1):.0f} ms CPU per interval) | "
-            f"< {TARGET_CPU:.0%} | {_status(cpu_ok)} |",
+            f"< {TARGET_CPU:.0%} | {common.status(cpu_ok)} |",
             f"| CPU, whole run (start-up, BPF load, interval 1 included; {last.t - res.spawn:.1f} s) | "
             f"{whole:.2%} of one core ({last.cpu:.2f} s CPU) | (info) | |",
-            f"| peak RSS (VmHWM) | {hwm_mb:.1f} MB | < {TARGET_RSS_MB:.0f} MB | {_status(rss_ok)} |",
+            f"| peak RSS (VmHWM) | {hwm_mb:.1f} MB | < {TARGET_RSS_MB:.0f} MB | {common.status(rss_ok)} |",
             f"| RSS at the last interval (VmRSS) | {last.rss_kib / 1024:.1f} MB | (info) | |",
             f"| active flows per full interval (2-{len(s)}): min / median / max | {min(full):,} / "
             f"{statistics.median(full):,.0f} / {max(full):,} | {p.flows:,} +-{FLOW_TOLERANCE:.0%} | "
@@ -435,42 +439,34 @@ def _report(res: Result, big: Result | None, breakdown: dict[str, float], mem: d
                     f"series table, remote-write label pairs; Python heap and numpy arrays by "
                     f"tracemalloc, after three intervals of a fresh set): **{per_flow:.0f} B**, of which the "
                     f"reader's buffers (one batch chunk + room for the flows and one more chunk) "
-                    f"{mem.get('reader', 0) / p.flows:.0f} B (target < {TARGET_FLOW_BYTES} B: {_status(ok)}).", ""]
+                    f"{mem.get('reader', 0) / p.flows:.0f} B (target < {TARGET_FLOW_BYTES} B: {common.status(ok)}).", ""]
             if not ok:
                 anomalies.append(f"{per_flow:.0f} B kept per tracked flow (target < {TARGET_FLOW_BYTES} B)")
-        if not cpu_ok:
-            anomalies.append(f"agent CPU {steady:.2%} of one core (target < {TARGET_CPU:.0%})")
-        if not rss_ok:
-            anomalies.append(f"agent peak RSS {hwm_mb:.1f} MB (target < {TARGET_RSS_MB:.0f} MB)")
-        if not flows_ok:
-            anomalies.append(f"active flows per full interval {min(full)}-{max(full)}, expected ~{p.flows}")
-        if not series_ok:
-            anomalies.append(f"VictoriaMetrics holds {res.series} flow series, expected ~{p.flows}")
-        if not push_ok:
-            anomalies.append(f"pushes: {res.failures} failed, {res.dropped} samples dropped")
+        anomalies += [what for ok, what in (
+            (cpu_ok, f"agent CPU {steady:.2%} of one core (target < {TARGET_CPU:.0%})"),
+            (rss_ok, f"agent peak RSS {hwm_mb:.1f} MB (target < {TARGET_RSS_MB:.0f} MB)"),
+            (flows_ok, f"active flows per full interval {min(full)}-{max(full)}, expected ~{p.flows}"),
+            (series_ok, f"VictoriaMetrics holds {res.series} flow series, expected ~{p.flows}"),
+            (push_ok, f"pushes: {res.failures} failed, {res.dropped} samples dropped"),
+        ) if not ok]
     if big is not None:
         out += _slope_lines(res, big)
     if imports:
-        out += ["RSS a fresh interpreter (itself ~11 MB) gains by importing each dependency alone (shared "
-                "sub-imports counted in each; `xtrace_catch.attach` includes pyroute2's IPRoute, libbpf and "
-                "pyelftools; the last is everything `run` with export loads): "
-                + ", ".join(f"{m.replace(',', ' + ')} {v:.1f} MB" for m, v in imports.items()) + ".", ""]
+        mods = {m: v for m, v in imports.items() if m}
+        out += [f"RSS a fresh interpreter (itself {imports.get('', float('nan')):.1f} MB) gains by importing each "
+                "dependency alone (shared sub-imports counted in each; `xtrace_catch.attach` includes pyroute2's "
+                "IPRoute, libbpf and pyelftools; the last is everything `run` with export loads): "
+                + ", ".join(f"{m.replace(',', ' + ')} {v:.1f} MB" for m, v in mods.items()) + ".", ""]
     if res.rc not in (0, None):
         anomalies.append(f"agent exited {res.rc}: {res.stderr_tail}")
-    out += ["### Anomalies", ""]
-    out += [f"- {a}" for a in anomalies] or ["- none"]
-    out += ["", f"_Agent benchmark took {seconds:.0f} s._", ""]
     return "\n".join(out)
 
 
-def run(*, quick: bool = False) -> str:
+def run(p: Params, anomalies: list[str]) -> str:
     """Run the whole-agent benchmark; returns its markdown section. Needs root (namespaces, BPF)."""
-    p = QUICK if quick else FULL
-    t0 = time.monotonic()
-    anomalies: list[str] = []
     try:
         res = _measure(p, anomalies)
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:  # set-up failed: say so, run the rest
+    except common.SETUP_ERRORS as exc:  # set-up failed: say so, run the rest
         anomalies.append(f"benchmark could not run: {type(exc).__name__}: {exc}")
         res = Result(p)
     big: Result | None = None
@@ -481,10 +477,10 @@ def run(*, quick: bool = False) -> str:
             big = _measure(pb, anomalies)
             if big.rc not in (0, None):
                 anomalies.append(f"the {pb.flows:,}-flow run's agent exited {big.rc}: {big.stderr_tail}")
-        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        except common.SETUP_ERRORS as exc:
             anomalies.append(f"the {pb.flows:,}-flow run could not run: {type(exc).__name__}: {exc}")
     _progress("per-interval steps, in this process")
-    rounds = 3 if quick else 7
+    rounds = p.breakdown_rounds
     breakdown: dict[str, float] = {}
     mem: dict[str, float] = {}
     try:
@@ -492,4 +488,8 @@ def run(*, quick: bool = False) -> str:
     except Exception as exc:  # noqa: BLE001 (the agent's internals move; the measurement above stands)
         anomalies.append(f"per-interval breakdown failed: {type(exc).__name__}: {exc}")
     imports = _import_rss()
-    return _report(res, big, breakdown, mem, imports, rounds, anomalies, time.monotonic() - t0)
+    return _report(res, big, breakdown, mem, imports, rounds, anomalies)
+
+
+if __name__ == "__main__":
+    sys.exit(common.main([NAME], __doc__))

@@ -31,23 +31,22 @@ import ctypes
 import gc
 import statistics
 import sys
-import time
 import tracemalloc
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import common
 import numpy as np
-
-import frames
 import profiling
-from xtrace_catch.kernel import libbpf
-from xtrace_catch.flows import collector as collector_mod
-from xtrace_catch.kernel import datapath as datapath_mod
-from xtrace_catch.kernel import maps as maps_mod
-from xtrace_catch.flows.collector import NV, V, Collector, Interval
-from xtrace_catch.kernel.datapath import PROG_XDP, Datapath, DatapathConfig
+import traffic
+
 from xtrace_catch.errors import XtraceError
-from xtrace_catch.kernel.layout import FLOW_KEY
+from xtrace_catch.flows import collector as collector_mod
+from xtrace_catch.flows.collector import NV, Collector, Interval, V
+from xtrace_catch.kernel import datapath as datapath_mod
+from xtrace_catch.kernel import libbpf
+from xtrace_catch.kernel import maps as maps_mod
+from xtrace_catch.kernel.datapath import PROG_XDP, Datapath, DatapathConfig
+from xtrace_catch.kernel.keys import KEY_SIZE, KEY_VOID
 from xtrace_catch.kernel.maps import BpfMap, CounterReader
 
 __all__ = ["NAME", "run", "Params", "FULL", "QUICK", "FlowFiller", "BareReader"]
@@ -58,7 +57,6 @@ TARGET_RATIO_1M = 3.0
 TARGET_BYTES_PER_FLOW = 1024
 IDLE_TIMEOUT = 1e9  # nothing is evicted during the benchmark; the idle check still runs
 FILL_CHUNK = 65536
-KEY_SIZE = FLOW_KEY.itemsize
 
 
 @dataclass(frozen=True)
@@ -72,7 +70,7 @@ QUICK = Params(sizes=((10_000, 3), (100_000, 3)), profile_flows=100_000)
 
 
 def _progress(msg: str) -> None:
-    print(f"[{NAME}] {msg}", file=sys.stderr, flush=True)
+    common.progress(NAME, msg)
 
 
 # -- the map --------------------------------------------------------------------------------------
@@ -162,18 +160,12 @@ class SizeResult:
         return [c / b for c, b in zip(self.collect[variant], self.bare)]
 
 
-def _timed(fn: Callable[[], object]) -> tuple[float, object]:
-    t0 = time.perf_counter()
-    r = fn()
-    return time.perf_counter() - t0, r
-
-
 class Expected:
     """What an interval must say, from the values the filler wrote: flows compared in key order."""
 
     def __init__(self, filler: FlowFiller) -> None:
         self.filler = filler
-        raw = filler.keys.view(f"S{KEY_SIZE}").reshape(-1)
+        raw = filler.keys.view(KEY_VOID).reshape(-1)
         self.order = np.argsort(raw)
         self.keys = raw[self.order]
 
@@ -186,7 +178,7 @@ class Expected:
             delta[bumped, V["packets"]] = 1
             delta[bumped, V["bytes"]] = 100
         active = {"new": n, "steady": 0, "changed": len(bumped)}[variant]
-        got = np.ascontiguousarray(iv.all_keys).view(f"S{KEY_SIZE}").reshape(-1)
+        got = np.ascontiguousarray(iv.all_keys).view(KEY_VOID).reshape(-1)
         o = np.argsort(got)
         out = []
         if not np.array_equal(got[o], self.keys):
@@ -231,12 +223,12 @@ def _memory(dp: Datapath, flows: int) -> dict[str, float]:
 
 
 def _measure_size(flows: int, rounds: int, anomalies: list[str], profile: list[str] | None) -> SizeResult:
-    keys = frames.flow_keys(flows)
+    keys = traffic.flow_keys(flows)
     max_flows = flows + flows // 4
     _progress(f"{flows:,} flows: loading the datapath (flow map of {max_flows:,} entries)")
     with Datapath(DatapathConfig(max_flows=max_flows, programs=frozenset({PROG_XDP}))) as dp:
         filler = FlowFiller(dp.flows, keys)
-        fill_s, _ = _timed(filler.fill)
+        fill_s, _ = common.timed(filler.fill)
         res = SizeResult(flows=flows, rounds=rounds, max_entries=dp.flows.info.max_entries, fill_s=fill_s)
         expected = Expected(filler)
         bare = BareReader(dp.flows)
@@ -248,12 +240,12 @@ def _measure_size(flows: int, rounds: int, anomalies: list[str], profile: list[s
         bumped = np.arange(0, flows, 10)
         for r in range(rounds):
             _progress(f"{flows:,} flows: round {r + 1}/{rounds}")
-            b1, _ = _timed(bare.read)
-            rd, (k, _v) = _timed(dp.flows.read_all)  # type: ignore[misc]
+            b1, _ = common.timed(bare.read)
+            rd, (k, _v) = common.timed(dp.flows.read_all)  # type: ignore[misc]
             if len(k) != flows:
                 anomalies.append(f"{flows:,} flows: read_all returned {len(k)} flows")
             del k, _v
-            cr, (k, _v) = _timed(reader.read)  # type: ignore[misc]
+            cr, (k, _v) = common.timed(reader.read)  # type: ignore[misc]
             if len(k) != flows:
                 anomalies.append(f"{flows:,} flows: CounterReader.read returned {len(k)} flows")
             del k, _v
@@ -261,14 +253,14 @@ def _measure_size(flows: int, rounds: int, anomalies: list[str], profile: list[s
             for variant in VARIANTS:
                 if variant == "changed":
                     filler.bump()
-                t, iv = _timed(c.collect)
+                t, iv = common.timed(c.collect)
                 res.collect[variant].append(t)
                 assert isinstance(iv, Interval)
                 anomalies += [f"{flows:,} flows, round {r + 1}, {variant}: {p}"
                               for p in expected.problems(iv, variant, bumped)]
                 del iv
             del c
-            b2, _ = _timed(bare.read)
+            b2, _ = common.timed(bare.read)
             res.bare.append((b1 + b2) / 2)
             res.read.append(rd)
             res.counter_read.append(cr)
@@ -292,7 +284,7 @@ def _profile(dp: Datapath, flows: int) -> list[str]:
         if variant == "steady":
             for c in cols:
                 c.collect()
-        untraced = _timed(cols[0].collect)[0]
+        untraced = common.timed(cols[0].collect)[0]
         it = iter(cols[1:])
         times = profiling.line_times(funcs, lambda: next(it).collect(), repeat=3)
         traced = sum(times.values())
@@ -307,10 +299,6 @@ def _profile(dp: Datapath, flows: int) -> list[str]:
 
 
 # -- report ----------------------------------------------------------------------------------------
-
-
-def _status(ok: bool) -> str:
-    return "ok" if ok else "**over**"
 
 
 def _ms(xs: list[float]) -> str:
@@ -331,7 +319,7 @@ def _target_for(flows: int) -> float | None:
     return None
 
 
-def _report(results: list[SizeResult], profile: list[str], anomalies: list[str], seconds: float) -> str:
+def _report(results: list[SizeResult], profile: list[str], anomalies: list[str]) -> str:
     ncpus = libbpf.get().ncpus
     out = ["## Collector cycle (user space, per interval)", ""]
     out += [
@@ -361,7 +349,7 @@ def _report(results: list[SizeResult], profile: list[str], anomalies: list[str],
             else:
                 ok = statistics.median(ratios) <= target if target == TARGET_RATIO_100K \
                     else statistics.median(ratios) < target
-                st = _status(ok)
+                st = common.status(ok)
                 if not ok:
                     anomalies.append(f"{res.flows:,} flows, {variant}: collect {statistics.median(ratios):.2f}x bare "
                                      f"(target {target:.0f}x)")
@@ -378,7 +366,7 @@ def _report(results: list[SizeResult], profile: list[str], anomalies: list[str],
         "Python memory per tracked flow: the collector's state plus the Interval the agent holds between "
         "cycles, after a steady collect (tracemalloc; numpy and ctypes buffers are traced), and the peak during "
         "that collect; both include the map's CounterReader buffers (keys and sums, grown to the largest read "
-        f"and kept with the map, plus one {maps_mod._BATCH_BYTES >> 20} MiB batch chunk, so more per flow on small "
+        f"and kept with the map, plus one {maps_mod._BATCH_BYTES >> 10} KiB batch chunk, so more per flow on small "
         "maps). RSS cannot isolate "
         "these in this process (the allocator reuses pages freed by earlier rounds): the agent section gives the "
         f"real process's RSS. Target: retained < {TARGET_BYTES_PER_FLOW} B/flow.",
@@ -394,22 +382,16 @@ def _report(results: list[SizeResult], profile: list[str], anomalies: list[str],
         if not ok:
             anomalies.append(f"{res.flows:,} flows: {m['retained']:.0f} B/flow retained (target < "
                              f"{TARGET_BYTES_PER_FLOW})")
-        out.append(f"| {res.flows:,} | {m['retained']:.0f} | {_status(ok)} | {m['peak']:.0f} | {m['reader']:.0f} |")
+        out.append(f"| {res.flows:,} | {m['retained']:.0f} | {common.status(ok)} | {m['peak']:.0f} | {m['reader']:.0f} |")
     out += ["", "Fill (batch update of every flow, untimed by the ratios): " + ", ".join(
         f"{r.flows:,} in {r.fill_s * 1e3:.0f} ms" for r in results if not r.error) + ".", ""]
     if profile:
         out += ["### Where a collect spends its time", ""] + profile + [""]
-    out += ["### Anomalies", ""]
-    out += [f"- {a}" for a in anomalies] or ["- none"]
-    out += ["", f"_Collector benchmark took {seconds:.0f} s._", ""]
     return "\n".join(out)
 
 
-def run(*, quick: bool = False) -> str:
+def run(p: Params, anomalies: list[str]) -> str:
     """Run the collector benchmark; returns its markdown section. Needs root (loads BPF programs)."""
-    p = QUICK if quick else FULL
-    t0 = time.monotonic()
-    anomalies: list[str] = []
     results: list[SizeResult] = []
     profile: list[str] = []
     for flows, rounds in p.sizes:
@@ -421,4 +403,8 @@ def run(*, quick: bool = False) -> str:
             anomalies.append(f"{flows:,} flows: {res.error}")
         results.append(res)
         gc.collect()
-    return _report(results, profile, anomalies, time.monotonic() - t0)
+    return _report(results, profile, anomalies)
+
+
+if __name__ == "__main__":
+    sys.exit(common.main([NAME], __doc__))

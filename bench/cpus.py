@@ -42,10 +42,10 @@ import threading
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-sys.path.insert(0, str(BENCH))
-sys.path.insert(1, str(REPO / "tests"))
+import common
+
+BENCH = common.BENCH_DIR
+REPO = common.REPO
 
 MARK = "XTRACE-BENCH="
 INTERVAL_MS = 5000
@@ -55,7 +55,7 @@ DEFAULT_FLOWS = (10_000, 65_536)
 
 
 def _progress(msg: str) -> None:
-    print(f"[cpus] {msg}", file=sys.stderr, flush=True)
+    common.progress("cpus", msg)
 
 
 # -- in the guest ---------------------------------------------------------------------------------
@@ -79,13 +79,13 @@ def _variant_memory(paths: dict[str, Path]) -> dict[str, int]:
 
 def _read_cost(paths: dict[str, Path], flows: int) -> dict[str, float]:
     """CPU seconds of one whole-map read through CounterReader, by variant (median of 5)."""
-    import frames
+    import traffic
 
     from xtrace_catch.kernel import libbpf
     from xtrace_catch.kernel.maps import IterReader
     from xtrace_catch.kernel.object import BpfObject
 
-    keys = frames.flow_keys(flows).tobytes()
+    keys = traffic.flow_keys(flows).tobytes()
     out = {}
     for name, path in paths.items():
         with BpfObject.from_file(path) as obj:
@@ -171,16 +171,17 @@ def _calibrate() -> float:
 
 def _agent(flows: int, sending: int = 3, idle: int = 2) -> dict[str, object]:
     """The agent on a veth with `flows` flows sent each interval for `sending` intervals."""
-    import frames
     import netenv
+    import netns
+    import traffic
     from agent import GENERATOR
 
     res: dict[str, object] = {"flows": flows}
-    with tempfile.TemporaryDirectory(prefix="xb-cpus-") as tmp, netenv.veth_pair("c") as pair:
+    with tempfile.TemporaryDirectory(prefix="xb-cpus-") as tmp, netns.veth_pair(prefix="xbc") as pair:
         frame_file = Path(tmp) / "frames.hex"
-        frame_file.write_text("\n".join(f.hex() for f in frames.many_ipv4_udp(flows)))
+        frame_file.write_text("\n".join(f.hex() for f in traffic.many_ipv4_udp(flows)))
         out_file = Path(tmp) / "agent.jsonl"
-        cmd = ["ip", "netns", "exec", pair.ns, *netenv.xtrace_cmd(), "run", "-i", pair.ifname, "-m", "tc",
+        cmd = ["ip", "netns", "exec", pair.ns, *netns.xtrace_cmd(), "run", "-i", pair.ifname, "-m", "tc",
                "-d", "ingress", "-t", str(INTERVAL_MS), "--output", "json"]
         env = {**os.environ, "XTRACE_STATE_DIR": tmp}
         with out_file.open("w") as out:
@@ -220,7 +221,7 @@ def _agent(flows: int, sending: int = 3, idle: int = 2) -> dict[str, object]:
             busy0, drops0 = _busy_jiffies(), _backlog_drops()
             gen_cmd = [sys.executable, "-c", GENERATOR, pair.peer_if, str(frame_file), str(INTERVAL_MS / 1000),
                        str(sending * INTERVAL_MS / 1000 - 0.5)]
-            gen = netenv.run_cmd(["ip", "netns", "exec", pair.peer_ns, *gen_cmd], timeout=1800)
+            gen = netns.in_ns(pair.peer_ns, gen_cmd, timeout=1800)
             # Stop once the sender is done and `idle` more intervals have read what it sent: a slow
             # guest sends for longer than `sending` intervals, and a fixed --count would stop the
             # agent (and its hook) while frames still flow.
@@ -253,9 +254,9 @@ def _agent(flows: int, sending: int = 3, idle: int = 2) -> dict[str, object]:
 
 
 def guest(flow_counts: list[int], variant_dir: Path, agent_only: bool = False) -> dict[str, object]:
-    from xtrace_catch.kernel import libbpf
-
     from variants import VARIANTS
+
+    from xtrace_catch.kernel import libbpf
 
     paths = {name: variant_dir / f"xtrace-{name}.bpf.o" for name in VARIANTS}
     out: dict[str, object] = {"cpus": os.cpu_count(), "possible": libbpf.get().ncpus, "kernel": os.uname().release}
@@ -322,7 +323,7 @@ def _variant_tables(results: list[dict[str, object]]) -> list[str]:
     return [*lines, ""]
 
 
-def _table(results: list[dict[str, object]], accel: str) -> str:
+def _table(results: list[dict[str, object]], accel: str, anomalies: list[str]) -> str:
     lines = [f"## Many CPUs: Debian 12's kernel in guests ({accel.upper()})", ""]
     if all("memory" in r for r in results):  # not with --agent-only
         lines += _variant_tables(results)
@@ -333,7 +334,6 @@ def _table(results: list[dict[str, object]], accel: str) -> str:
               "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     base = {a["flows"]: a.get("cpu_per_interval") for a in results[0]["agent"]}  # type: ignore[index]
     calib0 = results[0].get("calib_s") or 1.0
-    anomalies = []
     for r in results:
         for a in r["agent"]:  # type: ignore[attr-defined]
             if "error" in a:
@@ -363,7 +363,7 @@ def _table(results: list[dict[str, object]], accel: str) -> str:
               "guest's (" + ", ".join(f"{r['cpus']} vCPUs {r.get('calib_s', 0):.3f} s" for r in results) + ").",
               "", "Guests: " + "; ".join(f"{r['cpus']} vCPUs ({r['possible']} possible), Linux {r['kernel']}, "
                                         f"{r['wall_s']:.0f} s" for r in results),
-              "", "Anomalies: " + ("; ".join(anomalies) if anomalies else "none"), ""]
+              ""]
     return "\n".join(lines)
 
 
@@ -388,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     import kvm
     from variants import build_variants
 
+    t0 = time.monotonic()
     accel = kvm.default_accel() if args.accel == "auto" else args.accel
     cpus = [int(x) for x in args.cpus.split(",")]
     flow_counts = [int(x) for x in args.flows.split(",")]
@@ -403,10 +404,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench/cpus.py: error: {exc}", file=sys.stderr)
         if not results:
             return 2
-    text = _table(results, accel)
-    (BENCH / "results").mkdir(exist_ok=True)
-    (BENCH / "results" / "cpus.md").write_text(text)
-    print(text)
+    anomalies: list[str] = []
+    text = common.finish(_table(results, accel, anomalies), anomalies, "cpus", time.monotonic() - t0)
+    common.publish("cpus", common.header(shlex.join(["bench/cpus.py", *(sys.argv[1:] if argv is None else argv)]), None)
+                   + text)
     return 0 if len(results) == len(cpus) else 1
 
 

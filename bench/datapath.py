@@ -10,8 +10,8 @@ loaded in the same run, so the hook's fixed cost (context set-up, the timer) can
   each packet's hash lookup and counter update touch cold memory, against one single flow run
   with the identical loop. Chunks of the three variants (many, single, empty) rotate so drift
   hits all of them. The first pass inserts the flows, later passes update them. The kernel times a
-  single run with a clock of ~10 ns granularity here, so per-call times are 1%-trimmed means
-  (quantisation averages out, interrupt outliers do not count). A control re-runs the per-packet
+  single run with a coarse clock, so per-call times are 1%-trimmed means (quantisation averages
+  out, interrupt outliers do not count). A control re-runs the per-packet
   measurement on one hot flow in the populated map, interleaved with the same frame in the
   per-packet object's map (a handful of flows): occupancy without cold memory.
 
@@ -22,22 +22,21 @@ stats record is printed for reconciliation and anything odd is listed under "Ano
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import common
 import numpy as np
+import traffic
+from empty import HOOKS, Hook, empty_programs
 
-import frames
-from xtrace_catch.kernel import libbpf
-from xtrace_catch.kernel.datapath import PROG_TC_INGRESS, PROG_XDP, Datapath, DatapathConfig
 from xtrace_catch.errors import UsageError
+from xtrace_catch.kernel import libbpf
+from xtrace_catch.kernel.datapath import Datapath, DatapathConfig
 from xtrace_catch.kernel.layout import DEFAULT_FLOWS, STATS_FIELDS, TrafficType
 
 __all__ = ["NAME", "run", "Params", "FULL", "QUICK"]
@@ -45,26 +44,6 @@ __all__ = ["NAME", "run", "Params", "FULL", "QUICK"]
 NAME = "datapath"
 TARGET_OVERHEAD_NS = 55.0
 TARGET_MANY_RATIO = 2.0
-
-
-@dataclass(frozen=True)
-class Hook:
-    label: str
-    prog: str
-    prog_type: int
-    verdict: int  # what both our program and the empty one return
-
-    @property
-    def verdict_u32(self) -> int:
-        return self.verdict & 0xFFFFFFFF
-
-
-XDP_PASS = 2
-TC_ACT_UNSPEC = -1
-HOOKS = (
-    Hook("XDP", PROG_XDP, libbpf.BPF_PROG_TYPE_XDP, XDP_PASS),
-    Hook("TC", PROG_TC_INGRESS, libbpf.BPF_PROG_TYPE_SCHED_CLS, TC_ACT_UNSPEC),
-)
 
 
 @dataclass(frozen=True)
@@ -81,21 +60,7 @@ QUICK = Params(rounds=3, repeat=50_000, flows=10_000, update_passes=1, chunk=500
 
 
 def _progress(msg: str) -> None:
-    print(f"[{NAME}] {msg}", file=sys.stderr, flush=True)
-
-
-@contextmanager
-def _empty_programs() -> Iterator[dict[str, int]]:
-    """One empty program per hook, by hook label; every fd is closed on the way out."""
-    lib = libbpf.get()
-    fds: dict[str, int] = {}
-    try:
-        for hook in HOOKS:
-            fds[hook.label] = lib.load_trivial_program(hook.prog_type, hook.verdict)
-        yield fds
-    finally:
-        for fd in reversed(list(fds.values())):
-            os.close(fd)
+    common.progress(NAME, msg)
 
 
 def _flow_keys(dp: Datapath) -> dict[bytes, np.void]:
@@ -151,7 +116,7 @@ def _interleaved(runs: list[tuple[int, list[int]]], frame: bytes, p: Params, r: 
 def _per_packet(dp: Datapath, empties: dict[str, int], p: Params, tally: Tally,
                 anomalies: list[str]) -> list[PerPacket]:
     lib = libbpf.get()
-    classes = frames.frame_classes()
+    classes = traffic.frame_classes()
 
     # Warm-up, one class at a time, learning which flow key each frame produced.
     parsed: dict[str, str] = {}
@@ -262,8 +227,8 @@ class ManyFlowsRun:
 def _many_flows(hook: Hook, empty_fd: int, few_fd: int, p: Params, few_tally: Tally,
                 anomalies: list[str]) -> ManyFlowsRun:
     """`few_fd` is the same program in the per-packet object (few flows), for the paired control."""
-    many = frames.many_ipv4_udp(p.flows)
-    single = frames.ipv4_udp()  # source port 49152: not among the many (ports 1024..)
+    many = traffic.many_ipv4_udp(p.flows)
+    single = traffic.ipv4_udp()  # source port 49152: not among the many (ports 1024..)
     config = DatapathConfig(max_flows=DEFAULT_FLOWS, programs=frozenset({hook.prog}))
     if p.flows + 1 > config.max_flows:
         raise UsageError(f"{p.flows} flows do not fit the {config.max_flows}-entry flow map: they would overflow, "
@@ -349,10 +314,6 @@ def _prog_sizes(dp: Datapath) -> list[str]:
 # -- report ----------------------------------------------------------------------------------------
 
 
-def _status(ok: bool) -> str:
-    return "ok" if ok else "**over**"
-
-
 def _stats_lines(stats: np.void, expected: Tally) -> list[str]:
     values = {name: int(stats[name]) for name in STATS_FIELDS}
     sum_pk = values["counted"] + values["filtered"] + values["truncated"] + values["overflowed"]
@@ -373,17 +334,17 @@ def _stats_anomalies(where: str, stats: np.void, expected: Tally, anomalies: lis
     if int(stats["seen"]) != expected.packets or int(stats["seen_bytes"]) != expected.bytes:
         anomalies.append(f"{where}: stats saw {int(stats['seen'])} packets/{int(stats['seen_bytes'])} bytes, "
                          f"{expected.packets}/{expected.bytes} were run")
-    for field in ("filtered", "truncated", "overflowed"):
-        if int(stats[field]):
-            anomalies.append(f"{where}: {field}={int(stats[field])} (expected 0)")
+    for name in ("filtered", "truncated", "overflowed"):
+        if int(stats[name]):
+            anomalies.append(f"{where}: {name}={int(stats[name])} (expected 0)")
 
 
 def _report(p: Params, per_packet: list[PerPacket], pp_stats: np.void, pp_tally: Tally, sizes: list[str],
-            many_runs: dict[str, ManyFlowsRun], anomalies: list[str], seconds: float) -> str:
+            many_runs: dict[str, ManyFlowsRun], anomalies: list[str]) -> str:
     out = ["## Datapath (BPF_PROG_TEST_RUN)", ""]
     out += [
         f"Per packet: {p.rounds} rounds x repeat={p.repeat:,} per class, hook and program, ours and empty "
-        f"interleaved (order reversed every other round). Frames carry {frames.PAYLOAD_LEN} bytes of L4 payload. "
+        f"interleaved (order reversed every other round). Frames carry {traffic.PAYLOAD_LEN} bytes of L4 payload. "
         f"Target: overhead <= {TARGET_OVERHEAD_NS:.0f} ns/packet per class.",
         "",
         "| class | parsed as | hook | ours ns | empty ns | overhead ns | overhead per round (min-max) | target |",
@@ -392,7 +353,7 @@ def _report(p: Params, per_packet: list[PerPacket], pp_stats: np.void, pp_tally:
     for r in per_packet:
         ok = r.overhead <= TARGET_OVERHEAD_NS
         out.append(f"| {r.cls} | {r.parsed_as} | {r.hook} | {r.ours:.0f} | {r.empty:.0f} | {r.overhead:.0f} | "
-                   f"{min(r.diffs)}-{max(r.diffs)} | {_status(ok)} |")
+                   f"{min(r.diffs)}-{max(r.diffs)} | {common.status(ok)} |")
         if not ok:
             anomalies.append(f"{r.cls}/{r.hook}: overhead {r.overhead:.0f} ns > {TARGET_OVERHEAD_NS:.0f} ns")
     out += ["", "Programs:", *sizes, "",
@@ -404,7 +365,7 @@ def _report(p: Params, per_packet: list[PerPacket], pp_stats: np.void, pp_tally:
         f"IPv4 UDP, {p.flows:,} distinct flows vs one flow, one repeat=1 call per frame in the same loop, "
         f"chunks of {p.chunk} rotating between many, single and empty; fresh flow map per hook "
         f"(max_entries {DEFAULT_FLOWS:,} >= flows, so the first pass inserts and later passes update; "
-        "nothing overflows). ns/call is the kernel's timing of one run (1%-trimmed mean: its clock ticks in ~10 ns "
+        "nothing overflows). ns/call is the kernel's timing of one run (1%-trimmed mean: its clock ticks in coarse "
         "steps); wall is per call including the syscall and Python (median over chunks). "
         "Ratio = (many - empty) / (single - empty): our program's own cost, the hook's fixed cost removed. "
         f"Target: many-flows <= {TARGET_MANY_RATIO:.0f}x single-flow (update pass).",
@@ -422,7 +383,7 @@ def _report(p: Params, per_packet: list[PerPacket], pp_stats: np.void, pp_tally:
             out.append(
                 f"| {r.hook} | {r.phase} | {r.calls:,} | {r.single:.0f} | {r.many:.0f} | {r.empty:.0f} | "
                 f"{r.extra:.0f} | {r.ratio:.2f}x | {r.wall_many - r.wall_single:.0f} | "
-                f"{_status(ok) if is_update else '(info)'} |"
+                f"{common.status(ok) if is_update else '(info)'} |"
             )
     out += [
         "",
@@ -439,19 +400,12 @@ def _report(p: Params, per_packet: list[PerPacket], pp_stats: np.void, pp_tally:
     for hook, run_ in many_runs.items():
         out += ["", f"Stats of the {hook} many-flows map ({run_.flows_in_map:,} flows in a "
                     f"{run_.max_entries:,}-entry map; not asserted):", *_stats_lines(run_.stats, run_.expected)]
-
-    out += ["", "### Anomalies", ""]
-    out += [f"- {a}" for a in anomalies] or ["- none"]
-    out += ["", f"_Datapath benchmark took {seconds:.0f} s._", ""]
     return "\n".join(out)
 
 
-def run(*, quick: bool = False) -> str:
+def run(p: Params, anomalies: list[str]) -> str:
     """Run the datapath benchmark; returns its markdown section. Needs root (loads BPF programs)."""
-    p = QUICK if quick else FULL
-    t0 = time.monotonic()
-    anomalies: list[str] = []
-    with _empty_programs() as empties:
+    with empty_programs() as empties:
         pp_tally = Tally()
         with Datapath(DatapathConfig(programs=frozenset(h.prog for h in HOOKS))) as dp:
             sizes = _prog_sizes(dp)
@@ -463,4 +417,8 @@ def run(*, quick: bool = False) -> str:
                 many_runs[hook.label] = res
             pp_stats = dp.read_stats()
         _stats_anomalies("per packet", pp_stats, pp_tally, anomalies)
-    return _report(p, per_packet, pp_stats, pp_tally, sizes, many_runs, anomalies, time.monotonic() - t0)
+    return _report(p, per_packet, pp_stats, pp_tally, sizes, many_runs, anomalies)
+
+
+if __name__ == "__main__":
+    sys.exit(common.main([NAME], __doc__))

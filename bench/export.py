@@ -23,20 +23,19 @@ from __future__ import annotations
 import gc
 import statistics
 import sys
-import time
 import tracemalloc
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import common
 import numpy as np
-
-import frames
 import profiling
-from xtrace_catch.flows.collector import NV, V, Interval
+import traffic
+
 from xtrace_catch.export.push import SERIES_PER_REQUEST
-from xtrace_catch.kernel.layout import STATS_FIELDS, TYPE_SLOTS
-from xtrace_catch.export.series import Batch, MetricsConfig, SeriesTable, render_text
 from xtrace_catch.export.remote_write import RemoteWriteEncoder, snappy_block
+from xtrace_catch.export.series import Batch, MetricsConfig, SeriesTable, render_text
+from xtrace_catch.flows.collector import NV, Interval, V
+from xtrace_catch.kernel.layout import STATS_FIELDS, TYPE_SLOTS
 
 __all__ = ["NAME", "run", "Params", "FULL", "QUICK", "make_interval"]
 
@@ -56,13 +55,13 @@ QUICK = Params(sizes=((10_000, 2), (100_000, 1)))
 
 
 def _progress(msg: str) -> None:
-    print(f"[{NAME}] {msg}", file=sys.stderr, flush=True)
+    common.progress(NAME, msg)
 
 
 def make_interval(n: int, seq: int = 1, scale: int = 1) -> Interval:
-    """An Interval of `n` tracked flows (frames.flow_keys), 90% of them active; `scale` grows the
+    """An Interval of `n` tracked flows (traffic.flow_keys), 90% of them active; `scale` grows the
     totals for later seqs."""
-    keys = frames.flow_keys(n)
+    keys = traffic.flow_keys(n)
     rng = np.random.default_rng(1)
     delta = np.zeros((n, NV), dtype=np.uint64)
     delta[:, V["packets"]] = rng.integers(1, 5000, n)
@@ -105,19 +104,11 @@ class SizeResult:
         return statistics.median(self.t[step])
 
 
-def _timed(fn: Callable[[], object]) -> tuple[float, object]:
-    t0 = time.perf_counter()
-    r = fn()
-    return time.perf_counter() - t0, r
-
-
 def _chunked_bodies(enc: RemoteWriteEncoder, b: Batch) -> int:
     """What the Pusher encodes for one batch: a body per SERIES_PER_REQUEST series (exporter._payload)."""
     total = 0
     for lo in range(0, len(b.ids), SERIES_PER_REQUEST):
-        part = Batch(seq=b.seq, ts_ms=b.ts_ms, ids=b.ids[lo:lo + SERIES_PER_REQUEST],
-                     values=b.values[lo:lo + SERIES_PER_REQUEST])
-        total += len(enc.body(part))
+        total += len(enc.body(b.part(lo, lo + SERIES_PER_REQUEST, with_health=False)))
     return total
 
 
@@ -131,27 +122,27 @@ def _measure_size(flows: int, rounds: int, anomalies: list[str]) -> SizeResult:
         _progress(f"{flows:,} flows: round {r + 1}/{rounds}")
         gc.collect()
         table = SeriesTable(CONFIG)
-        t, _ = _timed(lambda: table.batch(iv1))
+        t, _ = common.timed(lambda: table.batch(iv1))
         res.t["batch_cold"].append(t)
-        t, b = _timed(lambda: table.batch(iv2))
+        t, b = common.timed(lambda: table.batch(iv2))
         res.t["batch_warm"].append(t)
         assert isinstance(b, Batch)
-        t, _ = _timed(lambda: render_text(table, b, with_timestamps=True, with_meta=False))
+        t, _ = common.timed(lambda: render_text(b, with_timestamps=True, with_meta=False))
         res.t["render_cold"].append(t)
-        t, text = _timed(lambda: render_text(table, b, with_timestamps=True, with_meta=False))
+        t, text = common.timed(lambda: render_text(b, with_timestamps=True, with_meta=False))
         res.t["render_text"].append(t)
         assert isinstance(text, str)
-        t, body_text = _timed(text.encode)
+        t, body_text = common.timed(text.encode)
         res.t["text_encode"].append(t)
-        enc = RemoteWriteEncoder(table)
-        t, _ = _timed(lambda: enc.body(b))
+        enc = RemoteWriteEncoder()
+        t, _ = common.timed(lambda: enc.body(b))
         res.t["rw_cold"].append(t)
-        t, body = _timed(lambda: enc.body(b))
+        t, body = common.timed(lambda: enc.body(b))
         res.t["rw_warm"].append(t)
-        t, _ = _timed(lambda: _chunked_bodies(enc, b))
+        t, _ = common.timed(lambda: _chunked_bodies(enc, b))
         res.t["rw_chunks"].append(t)
         raw = enc.encode(b)
-        t, _ = _timed(lambda: snappy_block(raw))
+        t, _ = common.timed(lambda: snappy_block(raw))
         res.t["snappy"].append(t)
         res.samples, res.text_bytes, res.rw_bytes = b.samples, len(body_text), len(raw)  # type: ignore[arg-type]
         res.body_bytes = len(body)  # type: ignore[arg-type]
@@ -159,11 +150,11 @@ def _measure_size(flows: int, rounds: int, anomalies: list[str]) -> SizeResult:
             lines.extend(text.splitlines(keepends=True))
             nums.extend(b.values[:, c].tolist() for c in range(4))
         # Baselines: emit as many lines; format 4 numbers per flow.
-        t, joined = _timed(lambda: "".join(lines))
+        t, joined = common.timed(lambda: "".join(lines))
         res.t["base_join"].append(t)
         del joined
         a, b_, c_, d_ = nums
-        t, _ = _timed(lambda: "".join([f"{w} {x} {y} {z}\n" for w, x, y, z in zip(a, b_, c_, d_)]))
+        t, _ = common.timed(lambda: "".join([f"{w} {x} {y} {z}\n" for w, x, y, z in zip(a, b_, c_, d_)]))
         res.t["base_fstring"].append(t)
     if res.samples != 4 * flows:
         anomalies.append(f"{flows:,} flows: the batch holds {res.samples} samples, expected {4 * flows}")
@@ -182,9 +173,9 @@ def _memory(iv1: Interval, iv2: Interval, flows: int) -> dict[str, float]:
         table.batch(iv1)
         b = table.batch(iv2)
         after_table = tracemalloc.get_traced_memory()[0]
-        render_text(table, b, with_timestamps=True, with_meta=False)  # fills the label-text cache
+        render_text(b, with_timestamps=True, with_meta=False)  # label text: made by batch(), so ~0 here
         after_text = tracemalloc.get_traced_memory()[0]
-        enc = RemoteWriteEncoder(table)
+        enc = RemoteWriteEncoder()
         enc.encode(b)
         gc.collect()
         end = tracemalloc.get_traced_memory()[0]  # the batch (counted with the table) still held
@@ -204,24 +195,20 @@ def _profile(flows: int) -> list[str]:
     b = table.batch(iv2)
     out += [f"warm `SeriesTable.batch`, {flows:,} flows: " + (p := profiling.cprofile_table(
         lambda: table.batch(iv2), top=6))[0], *p[1:], ""]
-    enc = RemoteWriteEncoder(table)
+    enc = RemoteWriteEncoder()
     enc.encode(b)
-    render_text(table, b, with_timestamps=True, with_meta=False)  # label text cached: profile the warm render
+    render_text(b, with_timestamps=True, with_meta=False)  # the first render; profile the next
     out += [f"warm `RemoteWriteEncoder.body`, {flows:,} flows: " + (p := profiling.cprofile_table(
         lambda: enc.body(b), top=8))[0], *p[1:], ""]
     out += [f"warm `render_text`, {flows:,} flows: " + (p := profiling.cprofile_table(
-        lambda: render_text(table, b, with_timestamps=True, with_meta=False), top=5))[0], *p[1:]]
+        lambda: render_text(b, with_timestamps=True, with_meta=False), top=5))[0], *p[1:]]
     return out
 
 
 # -- report ----------------------------------------------------------------------------------------
 
 
-def _status(ok: bool) -> str:
-    return "ok" if ok else "**over**"
-
-
-def _report(results: list[SizeResult], profile: list[str], anomalies: list[str], seconds: float) -> str:
+def _report(results: list[SizeResult], profile: list[str], anomalies: list[str]) -> str:
     out = ["## Export encode (per interval)", ""]
     out += [
         "A synthetic Interval of N tracked flows, 90% active (IPv4 TCP/UDP/RoCE v2, distinct ports, both "
@@ -241,7 +228,7 @@ def _report(results: list[SizeResult], profile: list[str], anomalies: list[str],
         rows = [
             ("SeriesTable.batch, cold (fresh table)", "batch_cold"),
             ("SeriesTable.batch, warm", "batch_warm"),
-            ("render_text(with_timestamps=True), cold label text", "render_cold"),
+            ("render_text(with_timestamps=True), first call", "render_cold"),
             ("render_text(with_timestamps=True), warm", "render_text"),
             ("  + .encode() of the text", "text_encode"),
             ("RemoteWriteEncoder.body, first push (label pairs not yet cached)", "rw_cold"),
@@ -278,7 +265,7 @@ def _report(results: list[SizeResult], profile: list[str], anomalies: list[str],
             share = t / INTERVAL_S
             if res.flows == TARGET_FLOWS and steady:
                 ok = share < TARGET_CORE_SHARE
-                st = _status(ok)
+                st = common.status(ok)
                 if not ok:
                     anomalies.append(f"{res.flows:,} flows, {label}: {share:.1%} of one core at 5 s "
                                      f"(target < {TARGET_CORE_SHARE:.0%})")
@@ -300,18 +287,16 @@ def _report(results: list[SizeResult], profile: list[str], anomalies: list[str],
     out.append("")
     if profile:
         out += ["### Where the time goes", ""] + profile + [""]
-    out += ["### Anomalies", ""]
-    out += [f"- {a}" for a in anomalies] or ["- none"]
-    out += ["", f"_Export benchmark took {seconds:.0f} s._", ""]
     return "\n".join(out)
 
 
-def run(*, quick: bool = False) -> str:
+def run(p: Params, anomalies: list[str]) -> str:
     """Run the export benchmark; returns its markdown section. Pure Python, no root needed."""
-    p = QUICK if quick else FULL
-    t0 = time.monotonic()
-    anomalies: list[str] = []
     results = [_measure_size(flows, rounds, anomalies) for flows, rounds in p.sizes]
     _progress("profiling")
     profile = _profile(max(f for f, _ in p.sizes))
-    return _report(results, profile, anomalies, time.monotonic() - t0)
+    return _report(results, profile, anomalies)
+
+
+if __name__ == "__main__":
+    sys.exit(common.main([NAME], __doc__))

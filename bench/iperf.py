@@ -3,14 +3,17 @@
 A fresh pair of namespaces joined by a veth: the iperf3 server (pinned to CPU 0) and, in the agent
 runs, ``xtrace-catch run -m tc -d both -t 1000`` in one; the iperf3 client (pinned to CPU 1) in the
 other. Runs come in triples none, hook, agent (reversed every other triple, so drift cancels), and
-each triple gives a ratio agent / none. *hook* attaches an empty program (``r0 = TC_ACT_UNSPEC; exit``) both ways through the same
-clsact qdisc and filters, and nothing else runs: agent / hook is what our programs and the agent
-process add beyond the kernel's cost of having a TC BPF hook at all. The agent (or hook) is started
-before its run (the run starts once its "attached" line is on stderr) and stopped after it; before
-every "none" run the interface is checked to carry no filter of ours.
+each triple gives a ratio agent / none. *hook* attaches an empty program (``r0 = TC_ACT_UNSPEC; exit``,
+bench/empty.py) both ways as the agent attaches, and nothing else runs: agent / hook is what our
+programs and the agent process add beyond the kernel's cost of having a TC BPF hook at all. The agent
+(or hook) is started before its run (the run starts once its "attached" line is on stderr) and
+stopped after it; before every "none" run the interface is checked to carry no program of ours (tc
+filters and TCX chains).
 
-* TCP: ``iperf3 -c -t 5``, throughput as received. Target: with the agent >= 97% of without.
-* UDP small packets: ``-u -l 64 -b 0 -t 5``: packets/s sent (the client's CPU also runs the veth
+* TCP: ``iperf3 -c -t SECONDS``, throughput as received. Target: with the agent >= 97% of without.
+* TCP paced at PACED_RATE: the rate is the same in every run, so what differs is the CPU it took
+  (the scheduler's runtime of every task, steal excluded): CPU per GB received.
+* UDP small packets: ``-u -l 64 -b 0``: packets/s sent (the client's CPU also runs the veth
   receive path, where our ingress program runs) and received by the server (information).
 
 The agent's own summaries must show it counted the traffic (listed under Anomalies otherwise).
@@ -21,38 +24,42 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import common
 import netenv
+import netns
 
 __all__ = ["NAME", "run", "Params", "FULL", "QUICK"]
 
 NAME = "iperf"
 TARGET_TCP_RATIO = 0.97
-PORT = 5201
 
 
 @dataclass(frozen=True)
 class Params:
+    """Triples (none, hook, agent) of each kind, and each run's length."""
+
     tcp_pairs: int
     udp_pairs: int
     seconds: int
     paced_pairs: int = 0  # TCP at PACED_RATE: CPU per GB (guest CPU time, steal excluded)
 
 
-# TCP over this VM's veth moves by +-10% run to run: many short triples, order reversed every other one.
+# TCP throughput moves from run to run (docs/PERFORMANCE.md): many short triples, order reversed every other one.
 FULL = Params(tcp_pairs=10, udp_pairs=4, seconds=4, paced_pairs=6)
 QUICK = Params(tcp_pairs=1, udp_pairs=1, seconds=2, paced_pairs=1)
-PACED_RATE = "4G"  # well below what the VM moves CPU-bound (13-25 Gbit/s), so the rate is the same in every run
+PORT = 5201  # iperf3's own
+PACED_RATE = "4G"  # well below what the veth moves CPU-bound, so the rate is the same in every run
 
 
 def _progress(msg: str) -> None:
-    print(f"[{NAME}] {msg}", file=sys.stderr, flush=True)
+    common.progress(NAME, msg)
 
 
 @dataclass
@@ -78,28 +85,28 @@ class Results:
         return [r for r in self.runs if r.kind == kind and r.mode == mode]
 
 
-def _our_filters(pair: netenv.Pair) -> list[str]:
+def _our_programs(pair: netns.VethPair) -> list[str]:
+    """Programs of ours (the agent's or the empty hook's) on the interface: tc filters and TCX chains."""
     found = []
     for d in ("ingress", "egress"):
-        p = netenv.run_cmd(["tc", "-j", "-n", pair.ns, "filter", "show", "dev", pair.ifname, d], check=False)
-        if p.returncode != 0 or not p.stdout.strip():
-            continue
-        for f in json.loads(p.stdout):
-            name = str((f.get("options") or {}).get("bpf_name", ""))
+        for f in netns.tc_filters(pair.ns, pair.ifname, d):
+            name = str(f["options"].get("bpf_name", ""))  # type: ignore[union-attr]
             if name.startswith("xtrace_"):
                 found.append(f"{d}: {name}")
+    for d, progs in netns.tcx_progs(pair.ns, pair.ifname).items():
+        found += [f"{d} (TCX): {name}" for _id, name in progs if name.startswith("xtrace_")]
     return found
 
 
-def _client(pair: netenv.Pair, kind: str, seconds: int) -> dict[str, object]:
-    cmd = ["iperf3", "-c", netenv.AGENT_IP4, "-p", str(PORT), "-t", str(seconds), "-J", "-A", "1"]
+def _client(pair: netns.VethPair, kind: str, seconds: int) -> dict[str, object]:
+    cmd = ["iperf3", "-c", netns.AGENT_IP4, "-p", str(PORT), "-t", str(seconds), "-J", "-A", "1"]
     if kind == "udp":
         cmd += ["-u", "-l", "64", "-b", "0"]
     elif kind == "paced":
         cmd += ["-b", PACED_RATE]
     last = ""
     for _ in range(3):  # the server may still be closing the previous test: retry, bounded
-        p = netenv.in_ns(pair.peer_ns, cmd, timeout=seconds + 30, check=False)
+        p = netns.in_ns(pair.peer_ns, cmd, timeout=seconds + 30, check=False)
         try:
             doc = json.loads(p.stdout)
         except ValueError:
@@ -112,19 +119,7 @@ def _client(pair: netenv.Pair, kind: str, seconds: int) -> dict[str, object]:
 
 
 # Runs in the server's namespace: an empty TC program on both hooks, attached as the agent attaches.
-EMPTY_HOOK = r"""
-import signal, sys
-from xtrace_catch import attach
-from xtrace_catch.kernel import libbpf
-from xtrace_catch.kernel.layout import Direction
-fd = libbpf.get().load_trivial_program(libbpf.BPF_PROG_TYPE_SCHED_CLS, -1, name="xtrace_empty")
-with attach.Attachments(attach.get_interface(sys.argv[1])) as att:
-    for d in (Direction.INGRESS, Direction.EGRESS):
-        att.attach_tc(d, fd)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # sigwait takes them, then detach
-    print("empty programs attached", file=sys.stderr, flush=True)
-    signal.sigwait({signal.SIGTERM, signal.SIGINT})
-"""
+EMPTY_HOOK = common.BENCH_DIR / "empty.py"
 
 
 def _busy_seconds() -> float:
@@ -149,7 +144,7 @@ def _busy_seconds() -> float:
 def _prog_stats() -> tuple[int, int]:
     """(runs, ns) summed over our TC programs now loaded, from the kernel's BPF run statistics
     (counted while kernel.bpf_stats_enabled is 1): the exact in-kernel cost of our programs."""
-    p = netenv.run_cmd(["bpftool", "-j", "prog", "show"], check=False)
+    p = netns.run(["bpftool", "-j", "prog", "show"], check=False)
     try:
         progs = json.loads(p.stdout) if p.returncode == 0 else []
     except ValueError:
@@ -158,8 +153,7 @@ def _prog_stats() -> tuple[int, int]:
     return sum(int(x.get("run_cnt", 0)) for x in ours), sum(int(x.get("run_time_ns", 0)) for x in ours)
 
 
-def _one(pair: netenv.Pair, kind: str, mode: str, p: Params, state_dir: Path) -> RunResult:
-    agent = None
+def _one(pair: netns.VethPair, kind: str, mode: str, p: Params, state_dir: Path) -> RunResult:
     summaries: list[dict[str, object]] = []
 
     def on_line(line: str, pid: int) -> bool:
@@ -170,32 +164,30 @@ def _one(pair: netenv.Pair, kind: str, mode: str, p: Params, state_dir: Path) ->
                 pass
         return False
 
-    try:
+    env = {**os.environ, "XTRACE_STATE_DIR": str(state_dir)}
+    with ExitStack() as stack:
+        agent = None
         if mode == "agent":
-            cmd = [*netenv.xtrace_cmd(), "run", "-i", pair.ifname, "-m", "tc", "-d", "both", "-t", "1000",
+            cmd = [*netns.xtrace_cmd(), "run", "-i", pair.ifname, "-m", "tc", "-d", "both", "-t", "1000",
                    "--output", "json"]
-            agent = netenv.Proc(pair.ns, cmd, on_line=on_line,
-                                env={**os.environ, "XTRACE_STATE_DIR": str(state_dir)}).__enter__()
-            agent.wait_stderr("attached", timeout=30)
+            agent = stack.enter_context(netenv.proc(pair.ns, cmd, on_line=on_line, env=env))
         elif mode == "hook":
-            agent = netenv.Proc(pair.ns, [sys.executable, "-c", EMPTY_HOOK, pair.ifname],
-                                env={**os.environ, "XTRACE_STATE_DIR": str(state_dir)}).__enter__()
-            agent.wait_stderr("attached", timeout=30)
+            agent = stack.enter_context(netenv.proc(pair.ns, [sys.executable, str(EMPTY_HOOK), pair.ifname], env=env))
         else:
-            left = _our_filters(pair)
+            left = _our_programs(pair)
             if left:
                 raise RuntimeError(f"a 'none' run would measure our programs: still attached ({', '.join(left)})")
+        if agent is not None:
+            agent.wait_stderr("attached", timeout=30)
         runs0, ns0 = _prog_stats() if mode == "agent" else (0, 0)
         busy0 = _busy_seconds()
         doc = _client(pair, kind, p.seconds)
         busy = _busy_seconds() - busy0
         runs1, ns1 = _prog_stats() if mode == "agent" else (0, 0)
-    finally:
         if agent is not None:
             rc = agent.stop(timeout=15)
-            agent.__exit__()
             if rc != 0:
-                raise RuntimeError(f"agent exited {rc}: {agent.err[-5:]}")
+                raise RuntimeError(f"{mode} exited {rc}: {agent.err[-5:]}")
     end = doc["end"]  # type: ignore[index]
     if kind in ("tcp", "paced"):
         res = RunResult(kind, mode, float(end["sum_received"]["bits_per_second"]))  # type: ignore[index]
@@ -222,9 +214,9 @@ def _measure(p: Params, out: Results, anomalies: list[str]) -> None:
     if stats_was is not None:
         BPF_STATS.write_text("1")  # run counts and times of every BPF program: restored below
     try:
-        with netenv.veth_pair("i") as pair:
-            srv_cmd = ["iperf3", "-s", "-B", netenv.AGENT_IP4, "-p", str(PORT), "-A", "0"]
-            with netenv.Proc(pair.ns, srv_cmd) as srv:
+        with netns.veth_pair(prefix="xbi") as pair:
+            srv_cmd = ["iperf3", "-s", "-B", netns.AGENT_IP4, "-p", str(PORT), "-A", "0"]
+            with netenv.proc(pair.ns, srv_cmd) as srv:
                 time.sleep(0.5)
                 if srv.proc is not None and srv.proc.poll() is not None:
                     raise RuntimeError(f"iperf3 server exited: {srv.err[-3:]}")
@@ -240,7 +232,7 @@ def _measure(p: Params, out: Results, anomalies: list[str]) -> None:
                                                  f"({r.intervals} intervals)")
                             time.sleep(0.3)
                 srv.stop(timeout=5)
-                left = _our_filters(pair)
+                left = _our_programs(pair)
                 if left:
                     anomalies.append(f"our filters still attached after the last agent run: {left}")
     finally:
@@ -251,11 +243,7 @@ def _measure(p: Params, out: Results, anomalies: list[str]) -> None:
         state_dir.rmdir()
 
 
-def _status(ok: bool) -> str:
-    return "ok" if ok else "**over**"
-
-
-def _report(p: Params, res: Results, anomalies: list[str], seconds: float) -> str:
+def _report(p: Params, res: Results, anomalies: list[str]) -> str:
     out = ["## Real traffic: iperf3 with and without the agent", ""]
     out += [
         f"iperf3 across a veth between two fresh namespaces (server pinned to CPU 0, client to CPU 1), "
@@ -289,7 +277,7 @@ def _report(p: Params, res: Results, anomalies: list[str], seconds: float) -> st
         st = "(info)"
         if target is not None:
             ok = statistics.median(pairs) >= target
-            st = _status(ok)
+            st = common.status(ok)
             if not ok:
                 anomalies.append(f"{label}: with the agent {statistics.median(pairs):.1%} of without "
                                  f"(target >= {target:.0%})")
@@ -329,20 +317,18 @@ def _report(p: Params, res: Results, anomalies: list[str], seconds: float) -> st
         extra = (f"; agent: {r.intervals} intervals, {r.counted_packets:,} packets, {r.counted_bytes / 1e6:,.0f} MB "
                  f"counted; our programs ran {r.prog_runs:,} times, {r.prog_ns / 1e6:.1f} ms") if r.mode == "agent" else ""
         out.append(f"- {r.kind} {r.mode}: {v}{extra}")
-    out += ["", "### Anomalies", ""]
-    out += [f"- {a}" for a in anomalies] or ["- none"]
-    out += ["", f"_iperf benchmark took {seconds:.0f} s._", ""]
     return "\n".join(out)
 
 
-def run(*, quick: bool = False) -> str:
+def run(p: Params, anomalies: list[str]) -> str:
     """Run the iperf3 benchmark; returns its markdown section. Needs root and iperf3."""
-    p = QUICK if quick else FULL
-    t0 = time.monotonic()
-    anomalies: list[str] = []
     res = Results()
     try:
         _measure(p, res, anomalies)
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+    except common.SETUP_ERRORS as exc:
         anomalies.append(f"benchmark stopped: {type(exc).__name__}: {exc}")
-    return _report(p, res, anomalies, time.monotonic() - t0)
+    return _report(p, res, anomalies)
+
+
+if __name__ == "__main__":
+    sys.exit(common.main([NAME], __doc__))

@@ -33,12 +33,14 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import common
 import numpy as np
+import traffic
+from empty import HOOKS, empty_programs
 
-import frames
-from xtrace_catch.kernel import libbpf
-from xtrace_catch.kernel.datapath import PROG_READ_FLOWS
 from xtrace_catch.errors import XtraceError
+from xtrace_catch.kernel import libbpf, uapi
+from xtrace_catch.kernel.datapath import PROG_READ_FLOWS
 from xtrace_catch.kernel.layout import DEFAULT_FLOWS, STATS
 from xtrace_catch.kernel.maps import BpfMap
 from xtrace_catch.kernel.object import BpfObject
@@ -46,12 +48,10 @@ from xtrace_catch.kernel.object import BpfObject
 __all__ = ["NAME", "run", "VARIANTS", "build_variants", "map_memory"]
 
 NAME = "variants"
-REPO = Path(__file__).resolve().parent.parent
+REPO = common.REPO
 OUT_DIR = REPO / "build" / "bench-variants"
 VARIANTS = {"shared": 0, "percpu": 1, "hot16": 2, "locked": 3}  # name -> XT_FLOWS
 CLASSES = ("IPv4 UDP", "IPv4 TCP", "IPv6 UDP", "RoCE v2")
-HOOKS = (("XDP", "xtrace_xdp", libbpf.BPF_PROG_TYPE_XDP, 2), ("TC", "xtrace_tc_ingress",
-                                                               libbpf.BPF_PROG_TYPE_SCHED_CLS, -1))
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ QUICK = Params(rounds=3, repeat=50_000, contention_calls=3)
 
 
 def _progress(msg: str) -> None:
-    print(f"[{NAME}] {msg}", file=sys.stderr, flush=True)
+    common.progress(NAME, msg)
 
 
 def build_variants(out_dir: Path = OUT_DIR) -> dict[str, Path]:
@@ -106,7 +106,7 @@ def _stats_ok(obj: BpfObject) -> bool:
 
 
 def _flow_packets(obj: BpfObject, variant: str) -> int:
-    m: BpfMap = obj.map("flows", elem_flags=libbpf.BPF_F_LOCK if variant == "locked" else 0)
+    m: BpfMap = obj.map("flows", elem_flags=uapi.BPF_F_LOCK if variant == "locked" else 0)
     keys, vals = m.read_all()
     raw = np.ascontiguousarray(vals).view("<u8").reshape(len(keys), m.ncpus, m.slot // 8)
     return int(raw[:, :, 0].sum())
@@ -115,16 +115,17 @@ def _flow_packets(obj: BpfObject, variant: str) -> int:
 def _per_packet(objs: dict[str, BpfObject], empties: dict[str, int], p: Params) -> dict[tuple[str, str, str], float]:
     """Median ns per packet above the empty program, by (variant, hook, class)."""
     lib = libbpf.get()
-    classes = frames.frame_classes()
+    classes = traffic.frame_classes()
     samples: dict[tuple[str, str, str], list[int]] = {}
     for r in range(p.rounds):
         _progress(f"per packet: round {r + 1}/{p.rounds}")
         for cls in CLASSES:
             frame = classes[cls]
-            for hook, prog, _t, _v in HOOKS:
-                runs = [("empty", empties[hook])] + [(v, o.prog_fd(prog)) for v, o in objs.items()]
+            for hook in HOOKS:
+                runs = [("empty", empties[hook.label])] + [(v, o.prog_fd(hook.prog)) for v, o in objs.items()]
                 for who, fd in runs[::-1] if r % 2 else runs:
-                    samples.setdefault((who, hook, cls), []).append(int(lib.prog_test_run(fd, frame, repeat=p.repeat).duration))
+                    samples.setdefault((who, hook.label, cls), []).append(
+                        int(lib.prog_test_run(fd, frame, repeat=p.repeat).duration))
     out = {}
     for (who, hook, cls), xs in samples.items():
         if who != "empty":
@@ -154,7 +155,7 @@ def _on_cpus(fd: int, frame: bytes, cpus: list[int], calls: int, repeat: int) ->
 
 def _contention(objs: dict[str, BpfObject], p: Params, cpus: list[int]) -> dict[str, tuple[float, float]]:
     """(one CPU alone, all CPUs at once) ns per packet of XDP on one IPv4 UDP flow, by variant."""
-    frame = frames.frame_classes()["IPv4 UDP"]
+    frame = traffic.frame_classes()["IPv4 UDP"]
     out = {}
     for v, o in objs.items():
         _progress(f"contention: {v}")
@@ -165,16 +166,13 @@ def _contention(objs: dict[str, BpfObject], p: Params, cpus: list[int]) -> dict[
     return out
 
 
-def run(*, quick: bool = False) -> str:
-    p = QUICK if quick else FULL
+def run(p: Params, anomalies: list[str]) -> str:
     if shutil.which("clang") is None:
         raise SystemExit("bench: the variants need clang to build (make deps)")
     lib = libbpf.get()
     cpus = sorted(range(os.cpu_count() or 1))
     paths = build_variants()
     objs: dict[str, BpfObject] = {}
-    empties: dict[str, int] = {}
-    anomalies: list[str] = []
     try:
         for v, path in paths.items():
             o = BpfObject.from_file(path)
@@ -184,10 +182,9 @@ def run(*, quick: bool = False) -> str:
                 pass  # a variant without the iterator
             o.load()
             objs[v] = o
-        for hook, _prog, ptype, verdict in HOOKS:
-            empties[hook] = lib.load_trivial_program(ptype, verdict)
         mem = {v: map_memory(o) for v, o in objs.items()}
-        pp = _per_packet(objs, empties, p)
+        with empty_programs() as empties:
+            pp = _per_packet(objs, empties, p)
         cont = _contention(objs, p, cpus) if len(cpus) > 1 else {}
         for v, o in objs.items():
             if not _stats_ok(o):
@@ -198,8 +195,6 @@ def run(*, quick: bool = False) -> str:
             if held != int(st["counted"].sum()):
                 anomalies.append(f"{v}: flow map holds {held} packets, stats counted {int(st['counted'].sum())}")
     finally:
-        for fd in empties.values():
-            os.close(fd)
         for o in objs.values():
             o.close()
 
@@ -208,10 +203,11 @@ def run(*, quick: bool = False) -> str:
              "ns per packet above the empty program (BPF_PROG_TEST_RUN, medians of "
              f"{p.rounds} interleaved rounds of {p.repeat:,} runs; one run):", "",
              "| hook | class | " + " | ".join(names) + " |", "|---|---|" + "---:|" * len(names)]
-    for hook, *_ in HOOKS:
+    for hook in HOOKS:
         for cls in CLASSES:
-            lines.append(f"| {hook} | {cls} | " + " | ".join(f"{pp[(v, hook, cls)]:.1f}" for v in names) + " |")
-    worst = {v: max(pp[(v, h, c)] for h, *_ in HOOKS for c in CLASSES) for v in names}
+            lines.append(f"| {hook.label} | {cls} | " + " | ".join(f"{pp[(v, hook.label, cls)]:.1f}" for v in names)
+                         + " |")
+    worst = {v: max(pp[(v, h.label, c)] for h in HOOKS for c in CLASSES) for v in names}
     lines.append("| | **worst** | " + " | ".join(f"**{worst[v]:.1f}**" for v in names) + " |")
     lines += ["", f"Flow-map kernel memory at {DEFAULT_FLOWS:,} flows, {lib.ncpus} possible CPUs (fdinfo memlock):", "",
               "| variant | bytes | per flow |", "|---|---:|---:|"]
@@ -223,6 +219,10 @@ def run(*, quick: bool = False) -> str:
         lines += [f"| {v} | {a:.1f} | {t:.1f} | {t / a:.2f} |" for v, (a, t) in cont.items()]
     else:
         lines += ["", "Contention: not measured (one CPU)."]
-    lines += ["", "Anomalies: " + ("; ".join(anomalies) if anomalies else "none (every variant's stats identity and "
-                                   "flow totals hold)"), ""]
+    lines += ["", "Every variant's stats identity (seen = counted + filtered + truncated + overflowed) and its flow "
+              "map's packets = counted are checked; a break is listed below."]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(common.main([NAME], __doc__))

@@ -1,14 +1,16 @@
-"""Network-namespace helpers for the end-to-end tests (root only).
+"""Network-namespace helpers for the end-to-end tests and the benchmarks (root only).
 
 ``veth_pair()`` makes two fresh namespaces joined by a veth pair and always deletes them;
-``Agent`` runs the CLI inside a namespace as a user would (a subprocess) and always kills
-it; ``send_frames`` / ``send_udp`` put an exact list of packets on a veth from inside a
+``Proc`` runs a command inside a namespace and always kills it, ``Agent`` the CLI as a user
+would; ``send_frames`` / ``send_udp`` put an exact list of packets on a veth from inside a
 namespace; ``wait_seen`` waits, bounded, until our datapath has seen them, by reading the
 running agent's ``stats`` map with bpftool (a count, not a clock, so no timing guesses).
 
 Rules kept here (they protect the host): attach only inside namespaces made here, never
 to the root namespace; addresses only from 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32;
-every loop bounded in count and time, every subprocess with a timeout.
+every loop bounded in count and time, every subprocess with a timeout. bench/ imports this
+module as it is (bench/common.py puts tests/ on the import path): it adds only what the tests
+do not need (bench/netenv.py).
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 CMD_TIMEOUT = 20.0  # seconds for any one helper command
 MAX_FRAMES = 10_000  # per send_frames call
@@ -116,15 +119,16 @@ def _wait_oper_up(ns: str, ifname: str, timeout: float = 5.0) -> None:
 
 
 @contextmanager
-def veth_pair(ipv6: bool = False, tmp: Path | None = None) -> Iterator[VethPair]:
-    """Fresh namespaces `xtc<pid>-<n>a` / `...b` joined by a veth pair, up, addressed
+def veth_pair(ipv6: bool = False, tmp: Path | None = None, *, prefix: str = "xt") -> Iterator[VethPair]:
+    """Fresh namespaces `<prefix>c<pid>-<n>a` / `...b` joined by a veth pair (`<prefix>a<n>`,
+    `<prefix>b<n>`; the benchmarks' prefix is `xb<tag>`), up, addressed
     (agent 198.51.100.1/24, peer .2/24; with ipv6 also 2001:db8::1/64, ::2/64, nodad),
     static neighbours both ways (no ARP), and a permanent neighbour 198.51.100.9 with a
     MAC nobody owns. Deleted in `finally`, whatever happened."""
     n = next(_seq)
-    base = f"xtc{os.getpid()}-{n}"
+    base = f"{prefix}c{os.getpid()}-{n}"
     ns, peer_ns = base + "a", base + "b"
-    ifname, peer_if = f"xta{n}", f"xtb{n}"
+    ifname, peer_if = f"{prefix}a{n}", f"{prefix}b{n}"
     state_dir = (tmp or Path("/tmp")) / f"{base}-state"
     made: list[str] = []
     try:
@@ -336,54 +340,75 @@ def wait_seen(ns: str, ifname: str, packets: int, hook: str | None = None, timeo
     return st
 
 
-# -- the agent ----------------------------------------------------------------
+# -- processes in a namespace and the agent ---------------------------------------------
+
+
+def kill(proc: subprocess.Popen[Any] | None) -> None:
+    """SIGKILL a process still running and reap it (bounded: a process stuck in the kernel is left)."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.kill()
+    with suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
 
 
 @dataclass
-class Agent:
-    """`xtrace-catch ARGS` running inside a namespace; stdout/stderr collected by threads.
+class Proc:
+    """`cmd` running inside namespace `ns` (``ip netns exec`` execs it: the pid is the command's
+    own, so signals reach it directly); stdout/stderr collected by threads. `on_line(line, pid)`
+    runs in the stdout thread for every line (e.g. to sample /proc); a line for which it returns
+    False is not kept in `out`. `preexec_fn` runs in the child before the exec.
 
     Use as a context manager: the process is killed (and reaped) on exit if still running."""
 
     ns: str
-    args: Sequence[str]
+    cmd: Sequence[str]
     env: dict[str, str] | None = None
+    on_line: Callable[[str, int], object] | None = None
+    preexec_fn: Callable[[], None] | None = None
     proc: subprocess.Popen[str] | None = None
     out: list[str] = field(default_factory=list)
     err: list[str] = field(default_factory=list)
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _threads: list[threading.Thread] = field(default_factory=list)
 
-    def __enter__(self) -> Agent:
-        # `ip netns exec` execs the command: the Popen pid is xtrace-catch itself, so
-        # signals reach it directly.
-        self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, *xtrace_cmd(), *self.args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env)
-        for stream, sink in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
-            t = threading.Thread(target=self._pump, args=(stream, sink), daemon=True)
+    def __enter__(self) -> Proc:
+        self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, *self.cmd], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=self.env, preexec_fn=self.preexec_fn)
+        for stream, sink, hook in ((self.proc.stdout, self.out, self.on_line), (self.proc.stderr, self.err, None)):
+            t = threading.Thread(target=self._pump, args=(stream, sink, hook), daemon=True)
             t.start()
             self._threads.append(t)
         return self
 
-    def _pump(self, stream: object, sink: list[str]) -> None:
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def _pump(self, stream: object, sink: list[str], hook: Callable[[str, int], object] | None) -> None:
         for line in stream:  # type: ignore[attr-defined]
+            line = line.rstrip("\n")
+            if hook is not None and hook(line, self.pid) is False:
+                continue
             with self._cond:
-                sink.append(line.rstrip("\n"))
+                sink.append(line)
                 self._cond.notify_all()
 
     def wait_stderr(self, text: str, timeout: float = 15.0) -> str:
         """The first stderr line containing `text`; fails if the process ends or time runs out first."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while True:
+            for _ in range(100_000):  # bounded: each pass waits, or a line arrived
                 for line in self.err:
                     if text in line:
                         return line
                 left = deadline - time.monotonic()
                 assert self.proc is not None
                 if left <= 0 or (self.proc.poll() is not None and not any(t.is_alive() for t in self._threads)):
-                    raise AssertionError(f"no stderr line with {text!r}; stderr: {self.err}")
+                    break
                 self._cond.wait(min(left, 0.1))
+        raise AssertionError(f"no stderr line with {text!r} within {timeout} s; stderr: {self.err}")
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -398,25 +423,30 @@ class Agent:
         return rc
 
     def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM, then the exit code."""
-        self.signal(signal.SIGTERM)
+        """SIGTERM (if still running), then the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
         return self.wait(timeout)
 
-    def records(self) -> list[dict[str, object]]:
-        return [json.loads(line) for line in self.out if line.strip()]
-
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
+        kill(self.proc)
         for t in self._threads:
             t.join(5)
         for s in (self.proc.stdout, self.proc.stderr) if self.proc else ():
             if s:
                 s.close()
+
+
+class Agent(Proc):
+    """`xtrace-catch ARGS` running inside a namespace (a :class:`Proc`)."""
+
+    def __init__(self, ns: str, args: Sequence[str], env: dict[str, str] | None = None) -> None:
+        super().__init__(ns, [*xtrace_cmd(), *args], env=env)
+        self.args = args
+
+    def records(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.out if line.strip()]
 
 
 def xtrace(ns: str, args: Sequence[str], env: dict[str, str] | None = None,

@@ -88,7 +88,7 @@ CASES: list[tuple[str, list[str], dict[str, str], list[str]]] = [
     ("idle-timeout-abc", ["--idle-timeout", "abc"], {}, ["'--idle-timeout'", "xtrace-catch run -h"]),
     ("max-flows-small", ["--max-flows", "100"], {}, ["--max-flows 100", "1024..16777216"]),
     ("max-flows-huge", ["--max-flows", "99999999"], {}, ["--max-flows 99999999", "1024..16777216"]),
-    ("xdp-mode-unknown", ["--xdp-mode", "turbo"], {}, ["'turbo'", "auto, native, generic"]),
+    ("xdp-mode-unknown", ["--xdp-mode", "turbo"], {}, ["'turbo'", "'auto', 'native', 'generic'"]),
     ("xdp-mode-with-tc", ["-m", "tc", "--xdp-mode", "native"], {}, ["--xdp-mode", "-m xdp only"]),
 ]
 

@@ -30,7 +30,7 @@ from xtrace_catch.kernel.layout import (
     TrafficType,
     check_layout,
 )
-from xtrace_catch.kernel.libbpf import MapBatchOpts, TestRunOpts
+from xtrace_catch.kernel.uapi import MapBatchOpts, TestRunOpts
 
 REPO = Path(__file__).resolve().parent.parent
 HEADER_DIR = REPO / "ebpf"

@@ -8,16 +8,14 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import inspect
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from xtrace_catch.kernel import libbpf
+from xtrace_catch.kernel import libbpf, uapi
 from xtrace_catch.kernel.datapath import OBJECT_PATH, PROG_XDP, Datapath, DatapathConfig
 from xtrace_catch.errors import LibbpfError, LoadError, MapError, ObjectError, OpenError
 from xtrace_catch.kernel.object import BpfObject
@@ -82,7 +80,7 @@ def test_xtrace_libbpf_not_libbpf_is_libbpf_not_found() -> None:
 
 def test_too_old_libbpf_is_refused(gcc: str, tmp_path: Path) -> None:
     """A stub library with every symbol the binding declares, claiming version 0.8."""
-    names = re.findall(r'"(\w+)": \(', inspect.getsource(libbpf.Libbpf._declare))
+    names = list(uapi.PROTOTYPES)
     assert "bpf_prog_test_run_opts" in names and "libbpf_major_version" in names
     src = tmp_path / "stub.c"
     body = []
@@ -165,6 +163,9 @@ def test_load_error_keeps_the_log() -> None:
             obj.load()
         assert exc.value.errno == errno.EINVAL and "EINVAL" in str(exc.value)
         assert "flows" in exc.value.log  # libbpf's own account of what failed
+        # ... and its last lines are in the message itself, shown without -v
+        assert exc.value.tail and exc.value.tail[-1] in exc.value.log
+        assert str(exc.value).endswith("\n  | " + exc.value.tail[-1]) and "flows" in str(exc.value)
     finally:
         obj.close()
 

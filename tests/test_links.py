@@ -139,12 +139,14 @@ def test_xdp_link_generic_and_sigkill(pair: VethPair, env: dict[str, str]) -> No
 
 _FOREIGN_TCX = r"""
 import sys, time
-from xtrace_catch.kernel import libbpf
+sys.path.insert(0, sys.argv[2])
+from xtrace_catch.kernel import libbpf, uapi
+from bpfprog import load_trivial_program
 import socket
 lib = libbpf.get()
-fd = lib.load_trivial_program(libbpf.BPF_PROG_TYPE_SCHED_CLS, -1, name="foreign_tcx")  # TCX_NEXT
+fd = load_trivial_program(lib, uapi.BPF_PROG_TYPE_SCHED_CLS, -1, name="foreign_tcx")  # TCX_NEXT
 idx = socket.if_nametoindex(sys.argv[1])
-links = [lib.link_create(fd, idx, t, 0) for t in (libbpf.BPF_TCX_INGRESS, libbpf.BPF_TCX_EGRESS)]
+links = [lib.link_create(fd, idx, t, 0) for t in (uapi.BPF_TCX_INGRESS, uapi.BPF_TCX_EGRESS)]
 print("ready", flush=True)
 sys.stdin.read()
 """
@@ -154,7 +156,8 @@ sys.stdin.read()
 def test_tcx_goes_first_on_ingress_last_on_egress_beside_others(pair: VethPair, env: dict[str, str]) -> None:
     """Another TCX user's programs stay; ours runs before them on ingress (we see what they
     drop) and after them on egress (we count what leaves); they are untouched at our exit."""
-    holder = subprocess.Popen(["ip", "netns", "exec", pair.ns, sys.executable, "-c", _FOREIGN_TCX, pair.ifname],
+    holder = subprocess.Popen(["ip", "netns", "exec", pair.ns, sys.executable, "-c", _FOREIGN_TCX, pair.ifname,
+                               str(Path(__file__).parent)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
@@ -208,9 +211,8 @@ def test_bad_attach_policy_is_a_usage_error(pair: VethPair, env: dict[str, str])
 def test_interfaces_list_without_bpf_rights(pair: VethPair, env: dict[str, str]) -> None:
     """-l with only CAP_PERFMON (no CAP_BPF, no CAP_NET_ADMIN), as in an unprivileged
     container: the kernel refuses the TCX query (EPERM), the listing still works."""
-    from test_privilege import CAP_PERFMON, capsh_prefix
-
     from netns import xtrace_cmd
+    from test_privilege import CAP_PERFMON, capsh_prefix
 
     p = in_ns(pair.ns, [*capsh_prefix((CAP_PERFMON,)), *xtrace_cmd(), "-l"], check=False, env=env)
     assert (p.returncode, p.stderr) == (0, ""), p.stderr

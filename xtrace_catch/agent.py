@@ -19,10 +19,10 @@ from .export.health import Export, metrics_listener
 from .export.series import Batch
 from .flows.collector import Collector
 from .flows.emit import Emitter, FlowResult
-from .kernel import libbpf
 from .kernel.caps import check_bpf_privileges
 from .kernel.datapath import PROG_XDP, TC_PROGS, Datapath, DatapathConfig, default_dns_servers
 from .kernel.layout import LinkType
+from .kernel.process import tune_malloc
 from .loop import interval_loop
 from .rdma.bypass import kernel_roce_bytes, resolve_port
 from .rdma.run import bypass_tracker
@@ -44,7 +44,7 @@ def run(settings: Settings, out: TextIO = sys.stdout, err: TextIO = sys.stderr) 
     Set-up and teardown (netlink, BPF load) are synchronous; only the interval loop runs
     in asyncio (pyroute2's synchronous API cannot be used inside a running loop)."""
     assert settings.mode in (Mode.XDP, Mode.TC)
-    libbpf.tune_malloc()
+    tune_malloc()
     iface = attach.get_interface(settings.interface)
     check_bpf_privileges()
     # Everything a user can get wrong is found before any program touches the interface.
@@ -59,7 +59,7 @@ def _run(settings: Settings, iface: attach.Interface, bypass_port: tuple[str, in
     def notify(msg: str) -> None:
         print(f"xtrace-catch: {msg}", file=err, flush=True)
 
-    if iface.state.upper() not in ("UP", "UNKNOWN"):
+    if not iface.state.passes_traffic:
         notify(f"warning: {iface.name} is {iface.state}; counting continues and starts when it comes up")
     if settings.mode is Mode.XDP:
         programs = frozenset({PROG_XDP})

@@ -21,7 +21,7 @@ import typer  # noqa: E402 - after the environment above
 from . import __version__  # noqa: E402
 from .errors import LoadError, UsageError, XtraceError  # noqa: E402
 from .kernel.layout import DEFAULT_FLOWS  # noqa: E402
-from .settings import DEFAULT_VM_URL, ExportSettings  # noqa: E402
+from .settings import DEFAULT_VM_URL, ExportSettings, Mode, Output, XdpMode  # noqa: E402
 
 __all__ = ["app", "main"]
 
@@ -77,7 +77,9 @@ def run_cmd(
     ctx: typer.Context,
     interface: Annotated[str, typer.Option("-i", "--interface", envvar="NETWORK_INTERFACE",
                                            help="Interface to watch.")] = "eth0",
-    mode: Annotated[str, typer.Option("-m", "--mode", help="xdp (ingress only), tc, rdma, nccl.")] = "xdp",
+    mode: Annotated[Mode, typer.Option("-m", "--mode", case_sensitive=False,
+                                       help="xdp (ingress only), tc, rdma (port counters), nccl (hw_counters).")
+                    ] = Mode.XDP,
     direction: Annotated[Optional[str], typer.Option(
         "-d", "--direction", help="ingress, egress or both (tc); in rdma/nccl modes: the RDMA device.")] = None,
     filter_: Annotated[str, typer.Option("-f", "--filter",
@@ -87,12 +89,16 @@ def run_cmd(
     exclude_dns: Annotated[bool, typer.Option("--exclude-dns", help="Drop DNS: port 53 and known DNS servers.")] = False,
     dns_server: Annotated[Optional[list[str]], typer.Option(
         "--dns-server", help="Extra DNS server address for --exclude-dns (repeatable).")] = None,
-    output: Annotated[str, typer.Option("--output", help="text, json or table (live view).")] = "text",
+    output: Annotated[Output, typer.Option("--output", case_sensitive=False,
+                                           help="text, json or table (live view).")] = Output.TEXT,
     count: Annotated[Optional[int], typer.Option("--count", help="Stop after N intervals.")] = None,
-    xdp_mode: Annotated[str, typer.Option("--xdp-mode", help="auto, native or generic (SKB).")] = "auto",
+    xdp_mode: Annotated[XdpMode, typer.Option("--xdp-mode", case_sensitive=False,
+                                              help="auto (native, else generic), native or generic (SKB).")
+                        ] = XdpMode.AUTO,
     idle_timeout: Annotated[float, typer.Option(
         "--idle-timeout", help="Seconds without packets before a flow leaves the kernel map.")] = 60.0,
-    max_flows: Annotated[int, typer.Option("--max-flows", help="Kernel flow map capacity.")] = DEFAULT_FLOWS,
+    max_flows: Annotated[int, typer.Option("--max-flows", help="Kernel flow map capacity (1024..16777216).")
+                         ] = DEFAULT_FLOWS,
     device: Annotated[Optional[str], typer.Option("--device", help="RDMA device (rdma/nccl modes).")] = None,
     rdma_device: Annotated[Optional[str], typer.Option(
         "--rdma-device", help="RDMA device to compare with in xdp/tc modes (kernel bypass).")] = None,
@@ -132,7 +138,7 @@ def run_cmd(
     if list_:
         _print_interfaces()
         return
-    from .settings import Mode, Settings
+    from .settings import Settings
 
     _check_empty_env(ctx, ENV_OPTIONS, ENV_ALSO)
     export = _export_settings(vm_enabled, vm_url, collect_agg, vm_username, vm_password_file, vm_bearer_token_file,
@@ -332,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         # typer's (vendored or external) click raises UsageError subclasses with
         # exit_code 2 and format_message(); match them by shape across versions.
         if getattr(exc, "exit_code", None) == 2 and hasattr(exc, "format_message"):
-            print(f"xtrace-catch: error: {exc.format_message()}; see 'xtrace-catch {args[0]} -h'", file=sys.stderr)
+            print(f"xtrace-catch: error: {exc.format_message().rstrip('.')}; see 'xtrace-catch {args[0]} -h'",
+                  file=sys.stderr)
             return 2
         if type(exc).__name__ == "Exit" and hasattr(exc, "exit_code"):
             return int(exc.exit_code)

@@ -60,11 +60,17 @@ class LibbpfNotFound(LibbpfError):
 
 
 class LoadError(LibbpfError):
-    """The kernel refused to load the object; `log` holds libbpf's and the verifier's output."""
+    """The kernel refused to load the object; `log` holds libbpf's and the verifier's output.
+
+    The message ends with the log's last lines (the verifier's verdict is there), so the reason
+    shows without -v; -v prints the whole log."""
+
+    TAIL_LINES = 6
 
     def __init__(self, message: str, errno_: int = 0, log: str = "") -> None:
-        super().__init__(message, errno_)
         self.log = log
+        self.tail = [ln.rstrip() for ln in log.splitlines() if ln.strip()][-self.TAIL_LINES:]
+        super().__init__(message + "".join(f"\n  | {ln}" for ln in self.tail), errno_)
 
 
 class MapError(LibbpfError):

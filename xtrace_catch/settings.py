@@ -7,14 +7,26 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import UsageError
-from .kernel.layout import DEFAULT_FLOWS, Direction, Filter
+from .kernel.layout import DEFAULT_FLOWS, MAX_FLOWS, Direction, Filter
 
-__all__ = ["Mode", "Output", "DirectionChoice", "Settings", "ExportSettings", "Credentials", "parse_bool",
-           "INTERVAL_MIN_MS", "INTERVAL_MAX_MS", "DEFAULT_VM_URL"]
+__all__ = ["Mode", "Output", "DirectionChoice", "XdpMode", "Settings", "ExportSettings", "Credentials", "parse_bool",
+           "check_interface_name", "INTERVAL_MIN_MS", "INTERVAL_MAX_MS", "MAX_FLOWS_MIN", "DEFAULT_VM_URL"]
 
 INTERVAL_MIN_MS = 100
 INTERVAL_MAX_MS = 3_600_000
-_IFNAME = re.compile(r"^[^/\s:]{1,15}$")
+MAX_FLOWS_MIN = 1024  # --max-flows: a smaller map fills at once; the top is what the kernel map may hold
+# The kernel's rule for a device name (dev_valid_name): 1..IFNAMSIZ-1 bytes, not "." or "..",
+# no '/', ':' (alias labels are not devices) or whitespace.
+IFNAMSIZ = 16
+_IFNAME = re.compile(r"^[^/\s:]+$")
+
+
+def check_interface_name(name: str) -> str:
+    """The one interface-name rule (options, environment, cleanup, lookups); UsageError otherwise."""
+    if not name or len(name.encode()) >= IFNAMSIZ or name in (".", "..") or not _IFNAME.match(name):
+        raise UsageError(f"invalid interface name {name!r}: 1-{IFNAMSIZ - 1} characters without '/', ':' or "
+                         "spaces; see 'xtrace-catch -l'")
+    return name
 
 
 class Mode(str, enum.Enum):
@@ -28,6 +40,14 @@ class Output(str, enum.Enum):
     TEXT = "text"
     JSON = "json"
     TABLE = "table"
+
+
+class XdpMode(str, enum.Enum):
+    """--xdp-mode: native (driver) XDP, generic (SKB) XDP, or native falling back to generic."""
+
+    AUTO = "auto"
+    NATIVE = "native"
+    GENERIC = "generic"
 
 
 class DirectionChoice(str, enum.Enum):
@@ -135,7 +155,7 @@ class Settings:
     output: Output = Output.TEXT
     count: int | None = None
     verbose: bool = False
-    xdp_mode: str = "auto"
+    xdp_mode: XdpMode = XdpMode.AUTO
     idle_timeout_s: float = 60.0
     max_flows: int = DEFAULT_FLOWS
     device: str | None = None
@@ -147,7 +167,7 @@ class Settings:
     @classmethod
     def from_options(cls, *, interface: str, mode: str, direction: str | None, filter_: str, interval: str,
                      exclude_dns: bool, dns_servers: list[str], output: str, count: int | None, verbose: bool,
-                     xdp_mode: str, idle_timeout: float, max_flows: int, device: str | None,
+                     xdp_mode: str | XdpMode, idle_timeout: float, max_flows: int, device: str | None,
                      export: ExportSettings | None = None, sysfs_root: str = "/sys",
                      rdma_device: str | None = None, interface_given: bool = True) -> Settings:
         """Validate raw option strings; UsageError names the bad value and the fix."""
@@ -185,15 +205,13 @@ class Settings:
             raise UsageError(f"interval {interval!r} {what}; give {INTERVAL_MIN_MS}..{INTERVAL_MAX_MS}") from None
         if not INTERVAL_MIN_MS <= ivl <= INTERVAL_MAX_MS:
             raise UsageError(f"interval {ivl} ms out of range; give {INTERVAL_MIN_MS}..{INTERVAL_MAX_MS} ms")
-        if not _IFNAME.match(interface or ""):
-            raise UsageError(f"invalid interface name {interface!r}: 1-15 characters without '/', ':' or spaces; "
-                             "see 'xtrace-catch -l'")
+        check_interface_name(interface)
         out = _choice(Output, output, "output")
         assert isinstance(out, Output)
         if count is not None and count < 1:
             raise UsageError(f"--count {count}: give a number of intervals >= 1")
-        if xdp_mode not in ("auto", "native", "generic"):
-            raise UsageError(f"unknown --xdp-mode {xdp_mode!r}; choose one of: auto, native, generic")
+        xm = _choice(XdpMode, xdp_mode, "--xdp-mode")
+        assert isinstance(xm, XdpMode)
         if m in (Mode.RDMA, Mode.NCCL) and out is Output.TABLE:
             raise UsageError(f"--output table shows flows (-m xdp/tc); -m {m.value} writes text or json")
         if m in (Mode.RDMA, Mode.NCCL) and (exclude_dns or f is not Filter.ALL):
@@ -203,16 +221,16 @@ class Settings:
         if m in (Mode.RDMA, Mode.NCCL) and rdma_device is not None:
             raise UsageError(f"--rdma-device compares flows with a NIC in -m xdp/tc; -m {m.value} names its device "
                              "with --device")
-        if m is not Mode.XDP and xdp_mode != "auto":
+        if m is not Mode.XDP and xm is not XdpMode.AUTO:
             raise UsageError("--xdp-mode applies to -m xdp only")
         if idle_timeout <= 0:
             raise UsageError(f"--idle-timeout {idle_timeout}: give seconds > 0")
-        if not 1024 <= max_flows <= (1 << 24):
-            raise UsageError(f"--max-flows {max_flows} out of range; give 1024..{1 << 24}")
+        if not MAX_FLOWS_MIN <= max_flows <= MAX_FLOWS:
+            raise UsageError(f"--max-flows {max_flows} out of range; give {MAX_FLOWS_MIN}..{MAX_FLOWS}")
         from .kernel.datapath import addr16  # validates addresses
         for s in dns_servers:
             addr16(s)
         return cls(interface=interface, mode=m, direction=d, filter=f, interval_ms=ivl, exclude_dns=exclude_dns,
-                   dns_servers=tuple(dns_servers), output=out, count=count, verbose=verbose, xdp_mode=xdp_mode,
+                   dns_servers=tuple(dns_servers), output=out, count=count, verbose=verbose, xdp_mode=xm,
                    idle_timeout_s=idle_timeout, max_flows=max_flows, device=dev, export=export or ExportSettings(),
                    sysfs_root=sysfs_root, rdma_device=rdma_device, interface_given=interface_given)

@@ -17,11 +17,12 @@ message. A small state file records whether a run created the clsact qdisc, so c
 after SIGKILL can remove it too.
 """
 
+from ..settings import XdpMode
 from .cleanup import cleanup
 from .hooks import Attachments
 from .interfaces import find_interface, get_interface, list_interfaces
 from .names import OUR_PROG_NAMES, TC_HANDLE, TC_PRIO, Interface
-from .policy import XdpMode, attach_paths, attach_policy
+from .policy import attach_paths, attach_policy
 from .state import HookLock
 from .tc import tcx_programs
 

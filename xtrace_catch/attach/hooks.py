@@ -10,10 +10,11 @@ from ..errors import AttachError
 from ..kernel import libbpf
 from ..kernel.layout import Direction
 from ..notify import Notify
+from ..settings import XdpMode
 from .links import LinkHolder
 from .names import Interface
 from .netlink import NetlinkError, boundary, netlink_errno, open_ipr
-from .policy import XdpMode, attach_policy
+from .policy import attach_policy
 from .state import HookLock, stale_state_is_ours, state_file, write_record
 from .tc import (
     TcAttachment,
@@ -51,13 +52,13 @@ class Attachments:
         self._locks.append(lk)
 
     @boundary("attaching XDP")
-    def attach_xdp(self, prog_fd: int, mode: str = XdpMode.AUTO) -> str:
+    def attach_xdp(self, prog_fd: int, mode: XdpMode = XdpMode.AUTO) -> XdpMode:
         """Attach XDP; returns the mode used ('native' or 'generic')."""
         self._lock("xdp")
         att = XdpAttachment(self.ipr, self.iface, prog_fd, mode, self.notify, self.policy)
         self._items.append(att)
-        self.xdp_mode = att.mode_name
-        return att.mode_name
+        self.xdp_mode = att.mode.value
+        return att.mode
 
     @property
     def paths(self) -> dict[str, str]:

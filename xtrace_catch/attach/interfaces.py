@@ -6,7 +6,8 @@ import socket
 
 from ..errors import UsageError, XtraceError
 from ..kernel.layout import Direction
-from .names import ARPHRD, OUR_PROG_NAMES, Interface, prog_name
+from ..settings import check_interface_name
+from .names import OUR_PROG_NAMES, Interface, OperState, prog_name
 from .netlink import IPRoute, NetlinkError, boundary, open_ipr, xdp_attrs
 from .tc import has_clsact, our_filter, tcx_programs
 
@@ -24,8 +25,8 @@ def _interface(ipr: IPRoute, link: object, with_attach: bool = True) -> Interfac
             addrs.append(addr)
     addrs.sort(key=lambda s: ":" in s)  # IPv4 first
     iface = Interface(
-        index=index, name=name, arphrd=arphrd, link_type=ARPHRD.get(arphrd, f"type {arphrd}"),
-        state=(link.get_attr("IFLA_OPERSTATE") or "UNKNOWN"), mtu=link.get_attr("IFLA_MTU") or 0,  # type: ignore[attr-defined]
+        index=index, name=name, arphrd=arphrd,
+        state=OperState.of(link.get_attr("IFLA_OPERSTATE")), mtu=link.get_attr("IFLA_MTU") or 0,  # type: ignore[attr-defined]
         addresses=addrs,
     )
     if with_attach:
@@ -70,8 +71,7 @@ def list_interfaces() -> list[Interface]:
 @boundary("looking up the interface")
 def get_interface(name: str) -> Interface:
     """One interface by name; UsageError when there is none (suggesting -l)."""
-    if not name or len(name) > 15 or "/" in name or any(c.isspace() for c in name):
-        raise UsageError(f"invalid interface name {name!r}: 1-15 characters, no '/' or spaces; see 'xtrace-catch -l'")
+    check_interface_name(name)
     with open_ipr() as ipr:
         idx = ipr.link_lookup(ifname=name)
         if not idx:
@@ -85,7 +85,7 @@ def host_ip_for(iface: Interface | None) -> str:
     if ip:
         return ip
     for other in list_interfaces():
-        if other.link_type == "loopback":
+        if other.is_loopback:
             continue
         ip = other.primary_ipv4()
         if ip:

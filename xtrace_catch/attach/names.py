@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import os
 from dataclasses import dataclass, field
 
@@ -28,20 +29,70 @@ XDP_NAME = "xtrace_xdp"
 OUR_PROG_NAMES = {n[:15] for n in (XDP_NAME, *TC_NAMES.values())}
 
 
-ARPHRD = {1: "Ethernet", 32: "InfiniBand", 772: "loopback", 65534: "none", 768: "tunnel", 769: "tunnel6",
-          776: "sit", 778: "gre", 823: "ip6gre", 65535: "void"}
+class LinkKind(enum.IntEnum):
+    """An interface's hardware type (ARPHRD_* of linux/if_arp.h), the ones `-l` names."""
+
+    ETHER = 1
+    INFINIBAND = 32
+    TUNNEL = 768
+    TUNNEL6 = 769
+    LOOPBACK = 772
+    SIT = 776
+    IPGRE = 778
+    IP6GRE = 823
+    NONE = 65534
+    VOID = 65535
+
+    @property
+    def label(self) -> str:
+        return _LINK_LABELS[self]
 
 
-ARPHRD_INFINIBAND = 32
+_LINK_LABELS = {
+    LinkKind.ETHER: "Ethernet", LinkKind.INFINIBAND: "InfiniBand", LinkKind.TUNNEL: "tunnel",
+    LinkKind.TUNNEL6: "tunnel6", LinkKind.LOOPBACK: "loopback", LinkKind.SIT: "sit", LinkKind.IPGRE: "gre",
+    LinkKind.IP6GRE: "ip6gre", LinkKind.NONE: "none", LinkKind.VOID: "void",
+}
+
+
+def link_type_text(arphrd: int) -> str:
+    """The -l listing's TYPE: our name for a known ARPHRD value, else 'type N'."""
+    try:
+        return LinkKind(arphrd).label
+    except ValueError:
+        return f"type {arphrd}"
+
+
+class OperState(enum.StrEnum):
+    """IFLA_OPERSTATE (RFC 2863 operational status, as netlink names it)."""
+
+    UNKNOWN = "UNKNOWN"
+    NOTPRESENT = "NOTPRESENT"
+    DOWN = "DOWN"
+    LOWERLAYERDOWN = "LOWERLAYERDOWN"
+    TESTING = "TESTING"
+    DORMANT = "DORMANT"
+    UP = "UP"
+
+    @classmethod
+    def of(cls, value: str | None) -> OperState:
+        try:
+            return cls((value or "UNKNOWN").upper())
+        except ValueError:
+            return cls.UNKNOWN
+
+    @property
+    def passes_traffic(self) -> bool:
+        """UP, or UNKNOWN (drivers without operstate, e.g. tun, lo): counting can happen."""
+        return self in (OperState.UP, OperState.UNKNOWN)
 
 
 @dataclass
 class Interface:
     index: int
     name: str
-    link_type: str
     arphrd: int
-    state: str
+    state: OperState
     mtu: int
     addresses: list[str] = field(default_factory=list)
     xdp: str = ""  # e.g. "xdp id 12 xtrace_xdp"
@@ -49,8 +100,16 @@ class Interface:
     tcx: list[str] = field(default_factory=list)  # our TCX links: "ingress", "egress"
 
     @property
+    def link_type(self) -> str:
+        return link_type_text(self.arphrd)
+
+    @property
     def is_infiniband(self) -> bool:
-        return self.arphrd == ARPHRD_INFINIBAND
+        return self.arphrd == LinkKind.INFINIBAND
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.arphrd == LinkKind.LOOPBACK
 
     def primary_ipv4(self) -> str | None:
         for a in self.addresses:

@@ -19,7 +19,7 @@ def _shallow_pyroute2() -> None:
     """Make ``import pyroute2.<sub>`` load only the modules asked for.
 
     pyroute2's package ``__init__`` imports all of pyroute2 (NDB, IPDB, nftables, WireGuard,
-    nl80211, Plan 9, ...): 11 MB of RSS in every agent, which needs IPRoute alone (5.5 MB).
+    nl80211, Plan 9, ...): twice the RSS of the IPRoute the agent needs (docs/PERFORMANCE.md).
     So the package is registered without running its ``__init__``; the first time anything
     asks the package itself for a name (``from pyroute2 import NDB``), ``__init__`` runs then
     and the whole API is there, as usual. Nothing changes if pyroute2 is already imported."""

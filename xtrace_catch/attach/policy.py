@@ -8,14 +8,15 @@ import os
 from ..errors import UsageError
 from ..kernel import libbpf
 from ..kernel.layout import Direction
+from ..kernel.uapi import BPF_F_AFTER, BPF_F_BEFORE, BPF_TCX_EGRESS, BPF_TCX_INGRESS
 
 ATTACH_POLICIES = ("auto", "link", "netlink")
 
 
-TCX_TYPE = {Direction.INGRESS: libbpf.BPF_TCX_INGRESS, Direction.EGRESS: libbpf.BPF_TCX_EGRESS}
+TCX_TYPE = {Direction.INGRESS: BPF_TCX_INGRESS, Direction.EGRESS: BPF_TCX_EGRESS}
 
 
-TCX_PLACE = {Direction.INGRESS: libbpf.BPF_F_BEFORE, Direction.EGRESS: libbpf.BPF_F_AFTER}
+TCX_PLACE = {Direction.INGRESS: BPF_F_BEFORE, Direction.EGRESS: BPF_F_AFTER}
 
 
 # What a kernel without the link type answers BPF_LINK_CREATE with.
@@ -52,10 +53,3 @@ def attach_paths() -> dict[str, str]:
     else:
         tc = "TCX link"
     return {"xdp": xdp, "tc": tc}
-
-
-class XdpMode:
-    AUTO = "auto"
-    NATIVE = "native"
-    GENERIC = "generic"
-    ALL = (AUTO, NATIVE, GENERIC)

@@ -7,7 +7,7 @@ import logging
 from ..errors import XtraceError
 from ..kernel.datapath import PROG_XDP, TC_PROGS, Datapath
 from ..notify import Notify
-from ..settings import Mode, Settings
+from ..settings import Mode, Settings, XdpMode
 from .hooks import Attachments
 from .interfaces import find_interface
 from .names import Interface
@@ -25,7 +25,7 @@ class Watch:
     def __init__(self, settings: Settings, dp: Datapath, iface: Interface, notify: Notify) -> None:
         self.s, self.dp, self.notify = settings, dp, notify
         self.iface = iface
-        self._state = iface.state.upper()
+        self._state = iface.state
         self.att: Attachments | None = None
         self._attach(iface)
 
@@ -34,7 +34,7 @@ class Watch:
         try:
             if self.s.mode is Mode.XDP:
                 mode = att.attach_xdp(self.dp.prog_fd(PROG_XDP), self.s.xdp_mode)
-                self.notify(f"XDP program loaded on {iface.name}" + (" (generic mode)" if mode == "generic" else ""))
+                self.notify(f"XDP program loaded on {iface.name}" + (" (generic mode)" if mode is XdpMode.GENERIC else ""))
             else:
                 for d in self.s.direction.directions:
                     att.attach_tc(d, self.dp.prog_fd(TC_PROGS[d]))
@@ -64,13 +64,13 @@ class Watch:
             except XtraceError as exc:
                 self.notify(f"{now.name} is back but attaching failed: {exc}; will retry")
                 return
-            self._state = now.state.upper()
+            self._state = now.state
             self.notify(f"{now.name} is back (ifindex {now.index}): attached again")
             return
-        state = now.state.upper()
-        if state != self._state:
+        state = now.state
+        if state is not self._state:
             self._state = state
-            if state not in ("UP", "UNKNOWN"):
+            if not state.passes_traffic:
                 self.notify(f"{now.name} is {now.state}; programs stay attached, counting resumes when it is up")
             else:
                 self.notify(f"{now.name} is {now.state} again")

@@ -8,11 +8,13 @@ import os
 
 from ..errors import AttachError, HookBusyError, LibbpfError
 from ..kernel import libbpf
+from ..kernel.uapi import BPF_XDP
 from ..notify import Notify
+from ..settings import XdpMode
 from .links import LinkHolder
 from .names import OUR_PROG_NAMES, Interface, prog_name
 from .netlink import IPRoute, NetlinkError, netlink_errno, xdp_attrs
-from .policy import NO_LINK_ERRNOS, XdpMode
+from .policy import NO_LINK_ERRNOS
 from .state import recorded_xdp_id, write_record, xdp_state_file
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,7 @@ def xdp_is_ours(ifname: str, index: int, prog_id: int, name: str) -> bool:
 
 
 class XdpAttachment(LinkHolder):
-    def __init__(self, ipr: IPRoute, iface: Interface, prog_fd: int, mode: str, notify: Notify,
+    def __init__(self, ipr: IPRoute, iface: Interface, prog_fd: int, mode: XdpMode, notify: Notify,
                  policy: str = "auto") -> None:
         self.ipr, self.iface, self.fd = ipr, iface, prog_fd
         self.mode_flag = 0
@@ -60,7 +62,7 @@ class XdpAttachment(LinkHolder):
     def _try_link(self, flag: int) -> bool:
         """Attach through an XDP link in `flag`'s mode. False where the kernel has no XDP links."""
         try:
-            self.link_fd = libbpf.get().link_create(self.fd, self.iface.index, libbpf.BPF_XDP, flags=flag)
+            self.link_fd = libbpf.get().link_create(self.fd, self.iface.index, BPF_XDP, flags=flag)
             return True
         except LibbpfError as exc:
             code = exc.errno
@@ -84,9 +86,9 @@ class XdpAttachment(LinkHolder):
         pid = attached_xdp_id(self.ipr, self.iface.index)
         return pid, (prog_name(pid) if pid else "")
 
-    def _attach(self, mode: str, notify: Notify) -> None:
+    def _attach(self, mode: XdpMode, notify: Notify) -> None:
         modes = {XdpMode.AUTO: [XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE], XdpMode.NATIVE: [XDP_FLAGS_DRV_MODE],
-                 XdpMode.GENERIC: [XDP_FLAGS_SKB_MODE]}[mode]
+                 XdpMode.GENERIC: [XDP_FLAGS_SKB_MODE]}[XdpMode(mode)]
         name = self.iface.name
         pid, pname = self._current()
         if pid:
@@ -105,13 +107,13 @@ class XdpAttachment(LinkHolder):
                 if self.use_link and self._try_link(flag):
                     self.mode_flag = flag
                     xdp_state_file(name).unlink(missing_ok=True)
-                    if flag == XDP_FLAGS_SKB_MODE and mode == XdpMode.AUTO:
+                    if flag == XDP_FLAGS_SKB_MODE and mode is XdpMode.AUTO:
                         notify(f"the driver of {name} lacks native XDP: using generic (SKB) mode, which is slower")
                     return
                 self._set(XDP_FLAGS_UPDATE_IF_NOEXIST | flag, self.fd)
                 self.mode_flag = flag
                 self._record()
-                if flag == XDP_FLAGS_SKB_MODE and mode == XdpMode.AUTO:
+                if flag == XDP_FLAGS_SKB_MODE and mode is XdpMode.AUTO:
                     notify(f"the driver of {name} lacks native XDP: using generic (SKB) mode, which is slower")
                 return
             except NetlinkError as exc:
@@ -129,7 +131,7 @@ class XdpAttachment(LinkHolder):
         assert last_exc is not None
         code = netlink_errno(last_exc)
         hint = ("the driver does not support native XDP: try --xdp-mode generic"
-                if code in (errno.EOPNOTSUPP, errno.EINVAL) and mode == XdpMode.NATIVE else
+                if code in (errno.EOPNOTSUPP, errno.EINVAL) and mode is XdpMode.NATIVE else
                 "run as root or grant CAP_NET_ADMIN" if code == errno.EPERM else "run with -v for details")
         raise AttachError(f"attaching XDP to {name} failed: {libbpf.errno_name(code)}; {hint}") from last_exc
 
@@ -138,8 +140,9 @@ class XdpAttachment(LinkHolder):
                       "prog_id": attached_xdp_id(self.ipr, self.iface.index)}, "the XDP program id")
 
     @property
-    def mode_name(self) -> str:
-        return "generic" if self.mode_flag == XDP_FLAGS_SKB_MODE else "native"
+    def mode(self) -> XdpMode:
+        """The mode attached: GENERIC or NATIVE."""
+        return XdpMode.GENERIC if self.mode_flag == XDP_FLAGS_SKB_MODE else XdpMode.NATIVE
 
     def detach(self) -> None:
         if self.close_link():

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 _RW_PATH = re.compile(r"(^|/)api/v1/write/?$")
 _TEXT_PATH = re.compile(r"(^|/)api/v1/import/prometheus/?$")
 # Flow series per request: 10,000 samples (4 per series), vmagent's default block size. A
-# body is encoded when it is sent, so this also bounds the memory one push takes (~2.5 MB).
+# body is encoded when it is sent, so this also bounds the memory one push takes.
 SERIES_PER_REQUEST = 2_500
 # While pushes keep failing, one log line per this many seconds (the first failure logs at once).
 FAILURE_LOG_EVERY_S = 60.0

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 def _parse_proto(text: str) -> descriptor_pb2.FileDescriptorProto:
     # protobuf is imported here, not at module import: the agent's hot path encodes by hand
-    # and the message classes (tests, decoding) are not worth ~2 MB of RSS in every agent.
+    # and the message classes (tests, decoding) are not worth their RSS in every agent.
     from google.protobuf import descriptor_pb2
 
     scalars = {
@@ -134,7 +134,7 @@ class RemoteWriteEncoder:
     def _series_labels(self, vals: tuple[str, ...]) -> bytes:
         # A series' labels from encoded (name, value) pairs, per request: values repeat across
         # series (interface, host, ports, addresses), so most pairs are dictionary hits, and
-        # no per-series bytes are kept between pushes (~250 B a flow).
+        # no per-series bytes are kept between pushes.
         parts = []
         for i in self._order[len(vals)]:
             cache, v = self._pairs[i], vals[i]
@@ -173,8 +173,8 @@ class RemoteWriteEncoder:
             nz = (d != 0).tolist()
             for i, lab in enumerate(labs):
                 if len(parts) >= 4096:
-                    # Joined into the body in groups: bytes.join keeps an 80-byte buffer record
-                    # per part, 4.8 MB for one join over a 2,500-series request's 60k parts.
+                    # Joined into the body in groups: bytes.join keeps a buffer record per part,
+                    # megabytes for one join over a whole request's parts.
                     out += b"".join(parts)
                     parts.clear()
                 ln = len(lab)

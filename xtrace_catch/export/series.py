@@ -7,8 +7,8 @@ differ only in something not exported, e.g. VLAN, or were folded by a cardinalit
 are summed into one series: no push ever carries one label set twice.
 
 Label strings are built once per flow and cached; per interval the work is numpy over
-series ids. A :class:`Batch` is numbers only (ids + values), so buffering during an
-outage costs ~40 bytes per series, not its text.
+series ids. A :class:`Batch` holds numbers plus references to the cached label tuples and
+texts (shared, never copied), so buffering during an outage costs a few words per series.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from .layout import (
     DNS_SERVERS_MAX,
     FLOW_KEY,
     FLOW_VALUE,
+    MAX_FLOWS,
     RODATA_VARS,
     STATS,
     TYPE_SLOTS,
@@ -118,8 +119,9 @@ class DatapathConfig:
     programs: frozenset[str] = field(default_factory=lambda: ALL_PROGRAMS)
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_flows <= (1 << 26):
-            raise UsageError(f"flow map size {self.max_flows} out of range; give 1..{1 << 26}")
+        # Not an option check (settings.py has the user's range): the kernel map's own bounds.
+        if not 1 <= self.max_flows <= MAX_FLOWS:
+            raise ValueError(f"flow map size {self.max_flows} out of range 1..{MAX_FLOWS}")
         unknown = set(self.programs) - ALL_PROGRAMS
         if unknown:
             raise UsageError(f"unknown program(s) {sorted(unknown)}; known: {sorted(ALL_PROGRAMS)}")

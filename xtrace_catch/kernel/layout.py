@@ -25,10 +25,12 @@ __all__ = [
     "STATS_FIELDS",
     "RODATA_VARS",
     "DEFAULT_FLOWS",
+    "MAX_FLOWS",
     "check_layout",
 ]
 
 DEFAULT_FLOWS = 65536
+MAX_FLOWS = 1 << 24  # the flow map's largest size: ~2.4 GB of kernel memory at 144 B a flow
 DNS_SERVERS_MAX = 64
 
 

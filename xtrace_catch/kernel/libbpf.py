@@ -1,4 +1,5 @@
-"""ctypes binding to libbpf: the only module that touches libbpf or ctypes for it.
+"""ctypes binding to libbpf: the only module that calls libbpf (its ABI, the option structs and
+the prototypes, is in :mod:`.uapi`).
 
 libbpf's contract (1.0+ "strict" mode): int-returning calls return ``-errno``;
 pointer-returning calls return NULL and set ``errno``. Both become
@@ -17,120 +18,47 @@ import errno
 import logging
 import os
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from ctypes import (
-    CFUNCTYPE,
-    POINTER,
-    Structure,
-    c_bool,
     c_char_p,
     c_int,
     c_size_t,
     c_uint32,
-    c_uint64,
     c_void_p,
 )
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LibbpfError, LibbpfNotFound, MapError
+from .uapi import (
+    BPF_ANY,
+    BPF_TRACE_ITER,
+    LIBBPF_ERRNO_ENDIAN,
+    LIBBPF_ERRNO_FORMAT,
+    LIBBPF_ERRNO_START,
+    PRINT_FN,
+    PROTOTYPES,
+    LinkCreateOpts,
+    MapBatchOpts,
+    ProgInfo,
+    ProgQueryOpts,
+    TestRunOpts,
+)
 
-__all__ = [
-    "Libbpf",
-    "LibbpfInfo",
-    "TestRunOpts",
-    "MapBatchOpts",
-    "get",
-    "errno_name",
-    "tune_malloc",
-    "BPF_NOEXIST",
-    "BPF_ANY",
-    "BPF_EXIST",
-    "BPF_PROG_TYPE_SCHED_CLS",
-    "BPF_PROG_TYPE_XDP",
-    "BPF_XDP",
-    "BPF_TCX_INGRESS",
-    "BPF_TCX_EGRESS",
-    "BPF_F_BEFORE",
-    "BPF_F_AFTER",
-]
+__all__ = ["Libbpf", "LibbpfInfo", "get", "errno_name", "hint_for"]
 
 log = logging.getLogger("xtrace_catch.libbpf")
 
 MIN_VERSION = (1, 1)
-BPF_ANY = 0
-BPF_NOEXIST = 1
-BPF_EXIST = 2
-BPF_F_LOCK = 4  # element flag: copy a value under its bpf_spin_lock
-BPF_TRACE_ITER = 28  # attach type of a bpf_iter program
-BPF_PROG_TYPE_SCHED_CLS = 3
-BPF_PROG_TYPE_XDP = 6
-# enum bpf_attach_type values we attach with (uapi linux/bpf.h)
-BPF_XDP = 37
-BPF_TCX_INGRESS = 46
-BPF_TCX_EGRESS = 47
-# BPF_LINK_CREATE flags for multi-program hooks (TCX): where in the chain a link goes
-BPF_F_BEFORE = 1 << 3
-BPF_F_AFTER = 1 << 4
-
 # libbpf_print_level
 _LIBBPF_WARN, _LIBBPF_INFO, _LIBBPF_DEBUG = 0, 1, 2
-_PRINT_FN = CFUNCTYPE(c_int, c_int, c_char_p, c_void_p)
-
-
-class TestRunOpts(Structure):
-    """struct bpf_test_run_opts (libbpf bpf.h), byte for byte."""
-
-    __test__ = False  # not a pytest class
-    _fields_ = [
-        ("sz", c_size_t),
-        ("data_in", c_void_p),
-        ("data_out", c_void_p),
-        ("data_size_in", c_uint32),
-        ("data_size_out", c_uint32),
-        ("ctx_in", c_void_p),
-        ("ctx_out", c_void_p),
-        ("ctx_size_in", c_uint32),
-        ("ctx_size_out", c_uint32),
-        ("retval", c_uint32),
-        ("repeat", c_int),
-        ("duration", c_uint32),
-        ("flags", c_uint32),
-        ("cpu", c_uint32),
-        ("batch_size", c_uint32),
-    ]
-
-
-class MapBatchOpts(Structure):
-    """struct bpf_map_batch_opts (libbpf bpf.h)."""
-
-    _fields_ = [("sz", c_size_t), ("elem_flags", c_uint64), ("flags", c_uint64)]
-
-
-class LinkCreateOpts(Structure):
-    """The head of struct bpf_link_create_opts (libbpf bpf.h, the same since 0.3): sz, flags,
-    iter_info, iter_info_len, target_btf_id. The per-hook union follows (TCX's relative_fd etc.);
-    we leave it zero, so `sz` covers only this head, which every libbpf accepts."""
-
-    _fields_ = [("sz", c_size_t), ("flags", c_uint32), ("_pad", c_uint32), ("iter_info", c_void_p),
-                ("iter_info_len", c_uint32), ("target_btf_id", c_uint32)]
-
-
-class ProgQueryOpts(Structure):
-    """The head of struct bpf_prog_query_opts (libbpf >= 1.0)."""
-
-    _fields_ = [("sz", c_size_t), ("query_flags", c_uint32), ("attach_flags", c_uint32),
-                ("prog_ids", POINTER(c_uint32)), ("prog_cnt", c_uint32), ("_pad", c_uint32),
-                ("prog_attach_flags", POINTER(c_uint32))]
-
-
-class _BpfInsn(Structure):
-    _fields_ = [("code", ctypes.c_uint8), ("regs", ctypes.c_uint8), ("off", ctypes.c_int16), ("imm", ctypes.c_int32)]
 
 
 def errno_name(err: int) -> str:
-    """E.g. 'EPERM (Operation not permitted)'; libbpf's own codes (>= 4000) by libbpf's words."""
+    """E.g. 'EPERM (Operation not permitted)'; libbpf's own codes by libbpf's words."""
     err = abs(err)
-    if err >= 4000 and _instance is not None:
+    if err >= LIBBPF_ERRNO_START and _instance is not None:
         buf = ctypes.create_string_buffer(256)
         if _instance.lib.libbpf_strerror(err, buf, len(buf)) == 0:
             return f"libbpf error {err} ({buf.value.decode(errors='replace')})"
@@ -138,8 +66,8 @@ def errno_name(err: int) -> str:
 
 
 _HINTS = {
-    4001: "the file is not a valid BPF ELF object: reinstall xtrace-catch or rebuild it with 'make bpf'",
-    4003: "the BPF object is malformed: rebuild it with 'make bpf'",
+    LIBBPF_ERRNO_FORMAT: "the file is not a valid BPF ELF object: reinstall xtrace-catch or rebuild it with 'make bpf'",
+    LIBBPF_ERRNO_ENDIAN: "the BPF object was built for another byte order: rebuild it with 'make bpf'",
     errno.EPERM: "run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON",
     errno.EACCES: "the verifier or a security policy refused it; run with -v to see libbpf's log",
     errno.ENOMEM: "raise RLIMIT_MEMLOCK (ulimit -l unlimited) or lower the flow map size",
@@ -220,7 +148,7 @@ class Libbpf:
         self._libc.vsnprintf.argtypes = [c_char_p, c_size_t, c_char_p, c_void_p]
         self._libc.vsnprintf.restype = c_int
         self._printbuf = ctypes.create_string_buffer(1 << 20)
-        self._print_cb = _PRINT_FN(self._on_print)
+        self._print_cb = PRINT_FN(self._on_print)
         self._lib.libbpf_set_print(self._print_cb)
 
     # -- set-up ------------------------------------------------------------
@@ -241,59 +169,7 @@ class Libbpf:
 
     def _declare(self) -> None:
         L = self._lib
-        sigs: dict[str, tuple[list[object], object]] = {
-            "libbpf_major_version": ([], c_uint32),
-            "libbpf_minor_version": ([], c_uint32),
-            "libbpf_version_string": ([], c_char_p),
-            "libbpf_set_print": ([_PRINT_FN], c_void_p),
-            "libbpf_num_possible_cpus": ([], c_int),
-            "libbpf_strerror": ([c_int, c_char_p, c_size_t], c_int),
-            "bpf_object__open_file": ([c_char_p, c_void_p], c_void_p),
-            "bpf_object__open_mem": ([c_void_p, c_size_t, c_void_p], c_void_p),
-            "bpf_object__load": ([c_void_p], c_int),
-            "bpf_object__close": ([c_void_p], None),
-            "bpf_object__find_map_by_name": ([c_void_p, c_char_p], c_void_p),
-            "bpf_object__find_program_by_name": ([c_void_p, c_char_p], c_void_p),
-            "bpf_object__next_program": ([c_void_p, c_void_p], c_void_p),
-            "bpf_object__next_map": ([c_void_p, c_void_p], c_void_p),
-            "bpf_map__set_max_entries": ([c_void_p, c_uint32], c_int),
-            "bpf_map__max_entries": ([c_void_p], c_uint32),
-            "bpf_map__key_size": ([c_void_p], c_uint32),
-            "bpf_map__value_size": ([c_void_p], c_uint32),
-            "bpf_map__name": ([c_void_p], c_char_p),
-            "bpf_map__fd": ([c_void_p], c_int),
-            "bpf_map__type": ([c_void_p], c_int),
-            "bpf_map__initial_value": ([c_void_p, POINTER(c_size_t)], c_void_p),
-            "bpf_map__set_initial_value": ([c_void_p, c_void_p, c_size_t], c_int),
-            "bpf_program__set_autoload": ([c_void_p, c_bool], c_int),
-            "bpf_program__autoload": ([c_void_p], c_bool),
-            "bpf_program__fd": ([c_void_p], c_int),
-            "bpf_program__name": ([c_void_p], c_char_p),
-            "bpf_map_lookup_elem": ([c_int, c_void_p, c_void_p], c_int),
-            "bpf_map_lookup_elem_flags": ([c_int, c_void_p, c_void_p, c_uint64], c_int),
-            "bpf_map_lookup_and_delete_elem_flags": ([c_int, c_void_p, c_void_p, c_uint64], c_int),
-            "bpf_map_update_elem": ([c_int, c_void_p, c_void_p, c_uint64], c_int),
-            "bpf_map_delete_elem": ([c_int, c_void_p], c_int),
-            "bpf_map_lookup_and_delete_elem": ([c_int, c_void_p, c_void_p], c_int),
-            "bpf_map_get_next_key": ([c_int, c_void_p, c_void_p], c_int),
-            "bpf_map_lookup_batch": (
-                [c_int, c_void_p, c_void_p, c_void_p, c_void_p, POINTER(c_uint32), POINTER(MapBatchOpts)],
-                c_int,
-            ),
-            "bpf_map_update_batch": (
-                [c_int, c_void_p, c_void_p, POINTER(c_uint32), POINTER(MapBatchOpts)],
-                c_int,
-            ),
-            "bpf_map_delete_batch": ([c_int, c_void_p, POINTER(c_uint32), POINTER(MapBatchOpts)], c_int),
-            "bpf_prog_test_run_opts": ([c_int, POINTER(TestRunOpts)], c_int),
-            "bpf_prog_load": ([c_int, c_char_p, c_char_p, c_void_p, c_size_t, c_void_p], c_int),
-            "bpf_prog_get_fd_by_id": ([c_uint32], c_int),
-            "bpf_obj_get_info_by_fd": ([c_int, c_void_p, POINTER(c_uint32)], c_int),
-            "bpf_link_create": ([c_int, c_int, c_int, POINTER(LinkCreateOpts)], c_int),
-            "bpf_iter_create": ([c_int], c_int),
-            "bpf_prog_query_opts": ([c_int, c_int, POINTER(ProgQueryOpts)], c_int),
-        }
-        for name, (argtypes, restype) in sigs.items():
+        for name, (argtypes, restype) in PROTOTYPES.items():
             try:
                 fn = getattr(L, name)
             except AttributeError as exc:
@@ -324,15 +200,17 @@ class Libbpf:
         log.log(logging.DEBUG if pylevel == logging.INFO else pylevel, "%s", text.rstrip("\n"))
         return 0
 
-    def start_capture(self) -> None:
-        """Collect libbpf's messages (e.g. a verifier log) until :meth:`stop_capture`."""
-        self._capture_lock.acquire()
-        self._capture = []
-
-    def stop_capture(self) -> str:
-        lines, self._capture = self._capture or [], None
-        self._capture_lock.release()
-        return "".join(lines)
+    @contextmanager
+    def capture(self) -> Iterator[list[str]]:
+        """Collect libbpf's messages (e.g. a verifier log) into the list given, while the block
+        runs; one capture at a time (other threads wait)."""
+        lines: list[str] = []
+        with self._capture_lock:
+            self._capture = lines
+            try:
+                yield lines
+            finally:
+                self._capture = None
 
     # -- raw access --------------------------------------------------------
 
@@ -369,12 +247,7 @@ class Libbpf:
     def map_lookup(self, fd: int, key: bytes, value_len: int, flags: int = 0) -> bytes | None:
         """One element, or None when the key is absent. `flags`: BPF_F_LOCK copies under the
         value's spin lock."""
-        buf = ctypes.create_string_buffer(value_len)
-        ret = self._lib.bpf_map_lookup_elem_flags(fd, key, buf, flags)
-        if ret == -errno.ENOENT:
-            return None
-        self.check_int(ret, "bpf_map_lookup_elem", MapError)
-        return buf.raw
+        return self._read_elem(self._lib.bpf_map_lookup_elem_flags, "bpf_map_lookup_elem", fd, key, value_len, flags)
 
     def map_update(self, fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
         self.check_int(self._lib.bpf_map_update_elem(fd, key, value, flags), "bpf_map_update_elem", MapError)
@@ -390,11 +263,16 @@ class Libbpf:
     def map_lookup_and_delete(self, fd: int, key: bytes, value_len: int, flags: int = 0) -> bytes | None:
         """Atomically read and delete one element (hash maps: Linux >= 5.14, as is BPF_F_LOCK in
         `flags`). None when the key is absent; MapError (EINVAL/ENOTSUPP) where unsupported."""
+        return self._read_elem(self._lib.bpf_map_lookup_and_delete_elem_flags, "bpf_map_lookup_and_delete_elem",
+                               fd, key, value_len, flags)
+
+    def _read_elem(self, fn: Callable[..., int], what: str, fd: int, key: bytes, value_len: int,
+                   flags: int) -> bytes | None:
         buf = ctypes.create_string_buffer(value_len)
-        ret = self._lib.bpf_map_lookup_and_delete_elem_flags(fd, key, buf, flags)
+        ret = fn(fd, key, buf, flags)
         if ret == -errno.ENOENT:
             return None
-        self.check_int(ret, "bpf_map_lookup_and_delete_elem", MapError)
+        self.check_int(ret, what, MapError)
         return buf.raw
 
     def map_next_key(self, fd: int, key: bytes | None, key_size: int) -> bytes | None:
@@ -461,25 +339,13 @@ class Libbpf:
         self.check_int(self._lib.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "bpf_prog_test_run_opts")
         return opts
 
-    def load_trivial_program(self, prog_type: int, retval: int, name: str = "xt_empty") -> int:
-        """Load `r0 = retval; exit` (a baseline for benchmarks). Returns an fd the caller closes."""
-        insns = (_BpfInsn * 2)(
-            _BpfInsn(code=0xB7, regs=0, off=0, imm=retval),  # BPF_ALU64 | BPF_MOV | BPF_K, r0
-            _BpfInsn(code=0x95, regs=0, off=0, imm=0),  # BPF_JMP | BPF_EXIT
-        )
-        fd = self._lib.bpf_prog_load(prog_type, name.encode(), b"GPL", insns, 2, None)
-        return self.check_int(fd, "bpf_prog_load (trivial program)")
-
     def prog_info(self, fd: int) -> tuple[int, str, int]:
         """(id, name, type) of the program behind an fd."""
-        info = (ctypes.c_uint8 * 256)()
-        ln = c_uint32(256)
-        self.check_int(self._lib.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(ln)), "bpf_obj_get_info_by_fd")
-        raw = bytes(info)
-        ptype = int.from_bytes(raw[0:4], "little")
-        pid = int.from_bytes(raw[4:8], "little")
-        name = raw[64:80].split(b"\0", 1)[0].decode(errors="replace")
-        return pid, name, ptype
+        info = ProgInfo()
+        ln = c_uint32(ctypes.sizeof(info))
+        self.check_int(self._lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(ln)),
+                       "bpf_obj_get_info_by_fd")
+        return int(info.id), info.name.decode(errors="replace"), int(info.type)
 
     def link_create(self, prog_fd: int, target: int, attach_type: int, flags: int = 0) -> int:
         """BPF_LINK_CREATE (target: an ifindex for XDP and TCX). Returns the link's fd: the
@@ -528,23 +394,3 @@ def get() -> Libbpf:
         if _instance is None:
             _instance = Libbpf()
         return _instance
-
-
-# mallopt(3) parameters
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
-
-
-def tune_malloc(threshold: int = 128 * 1024) -> bool:
-    """Make a long-running agent give memory back: glibc's malloc otherwise raises its mmap
-    threshold to the largest block ever freed (a whole interval's arrays), after which those
-    blocks come from the heap and stay in RSS; worker threads each get an arena of their own.
-    Fixed thresholds and one arena cut a 10k-flow agent's peak RSS by ~13 MB (bench/agent.py).
-    glibc only (this module is the one that speaks C); elsewhere a no-op. Returns whether applied."""
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [c_int, c_int], c_int
-    return all(mallopt(p, v) == 1 for p, v in ((_M_MMAP_THRESHOLD, threshold), (_M_TRIM_THRESHOLD, threshold),
-                                                (_M_ARENA_MAX, 1)))

@@ -19,13 +19,12 @@ import numpy as np
 
 from ..errors import MapError
 from . import libbpf
+from .uapi import BPF_ANY, PERCPU_MAP_TYPES
 
-__all__ = ["BpfMap", "CounterReader", "IterReader", "MapInfo", "PERCPU_TYPES"]
+__all__ = ["BpfMap", "CounterReader", "IterReader", "MapInfo"]
 
 log = logging.getLogger(__name__)
 
-# BPF_MAP_TYPE_PERCPU_HASH, PERCPU_ARRAY, LRU_PERCPU_HASH, PERCPU_CGROUP_STORAGE
-PERCPU_TYPES = {5, 6, 10, 21}
 _BATCH_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, 524}  # 524: kernel-internal ENOTSUPP
 _BATCH_BYTES = 256 << 10  # value bytes per batch call
 
@@ -51,7 +50,7 @@ class BpfMap:
         # every read then copies under it.
         self.elem_flags = elem_flags
         self.fd = info.fd
-        self.percpu = info.map_type in PERCPU_TYPES
+        self.percpu = info.map_type in PERCPU_MAP_TYPES
         self.ncpus = self.lib.ncpus if self.percpu else 1
         self.slot = self.lib.cpu_value_size(info.value_size) if self.percpu else info.value_size
         self.value_len = self.slot * self.ncpus
@@ -92,7 +91,7 @@ class BpfMap:
             return None
         return np.frombuffer(raw, dtype=self._slot_dtype)
 
-    def update(self, key: bytes, value: bytes, flags: int = libbpf.BPF_ANY) -> None:
+    def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
         """Set `key`. For per-CPU maps `value` holds all CPUs' slots."""
         if len(value) != self.value_len:
             raise MapError(f"{self.info.name}: value is {len(value)} bytes, the map wants {self.value_len}")

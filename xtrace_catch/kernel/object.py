@@ -100,11 +100,9 @@ class BpfObject:
         Raises LoadError with libbpf's and the verifier's messages in ``.log``."""
         obj = self._require_open()
         self._require_unloaded("load")
-        self.lib.start_capture()
-        try:
+        with self.lib.capture() as lines:
             ret = self.lib.lib.bpf_object__load(obj)
-        finally:
-            text = self.lib.stop_capture()
+        text = "".join(lines)
         if ret < 0:
             err = -ret
             hint = libbpf.hint_for(err)
@@ -113,7 +111,7 @@ class BpfObject:
             if "vmlinux BTF" in text or "failed to find valid kernel BTF" in text:
                 hint = "this kernel has no BTF (/sys/kernel/btf/vmlinux); use a kernel built with CONFIG_DEBUG_INFO_BTF=y"
             msg = f"loading BPF object {self.name} failed: {libbpf.errno_name(err)}"
-            raise LoadError(msg + (f"; {hint}" if hint else "") + " (run with -v for libbpf's log)", err, text)
+            raise LoadError(msg + (f"; {hint}" if hint else "") + " (-v shows libbpf's whole log)", err, text)
         self._loaded = True
 
     @property
