@@ -30,6 +30,8 @@ def check_interface_name(name: str) -> str:
 
 
 class Mode(str, enum.Enum):
+    """-m: count flows at XDP or TC, or read the RDMA NIC's port counters (rdma) and hw_counters (nccl)."""
+
     XDP = "xdp"
     TC = "tc"
     RDMA = "rdma"
@@ -37,6 +39,8 @@ class Mode(str, enum.Enum):
 
 
 class Output(str, enum.Enum):
+    """--output: the text or JSON lines contract (DESIGN.md), or the live table (a terminal only)."""
+
     TEXT = "text"
     JSON = "json"
     TABLE = "table"
@@ -51,6 +55,8 @@ class XdpMode(str, enum.Enum):
 
 
 class DirectionChoice(str, enum.Enum):
+    """-d in the flow modes: which TC hooks to attach (XDP sees ingress only)."""
+
     INGRESS = "ingress"
     EGRESS = "egress"
     BOTH = "both"

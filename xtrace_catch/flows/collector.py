@@ -34,6 +34,10 @@ _MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD
                  0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53], dtype=np.uint64)
 
 
+RETIRED_MAX = 65536  # evicted flows whose totals are kept, in case they come back
+_COMPARE_ROWS = 1 << 16  # keys compared per slice when checking the kept state is unchanged
+
+
 def key_hash(keys: np.ndarray) -> np.ndarray:
     """A 64-bit hash of each 48-byte key (a ``V48`` array: :mod:`..kernel.keys`): per 8-byte word, xor it in, multiply
     by an odd constant and fold the high half down, so words do not cancel each other out."""
@@ -132,7 +136,7 @@ class Collector:
     It reads only through ``FlowSource.read_flows()`` (the Datapath's counter reader).
     """
 
-    def __init__(self, source: FlowSource, idle_timeout: float = 60.0, retired_max: int = 65536,
+    def __init__(self, source: FlowSource, idle_timeout: float = 60.0, retired_max: int = RETIRED_MAX,
                  clock: type[time] | None = None) -> None:
         self.source = source
         self.idle_timeout = idle_timeout
@@ -163,7 +167,7 @@ class Collector:
     def _same_keys(self, ks_read: np.ndarray, order: np.ndarray) -> bool:
         """Whether ``ks_read[order]`` are the kept keys, row for row; compared a slice at a time
         rather than by building the reordered copy."""
-        step = 1 << 16
+        step = _COMPARE_ROWS
         kept = self._keys.view("<u8").reshape(-1, KEY_SIZE // 8)
         read = ks_read.view("<u8").reshape(-1, KEY_SIZE // 8)
         return all(np.array_equal(read[order[i:i + step]], kept[i:i + step]) for i in range(0, len(order), step))

@@ -11,11 +11,10 @@ from . import output
 from .collector import Interval
 
 if TYPE_CHECKING:
-    from ..rdma.bypass import BypassPort
-    from .live import LiveView
+    from .live import BypassView, LiveView
 
 
-FlowResult = tuple[Interval, "BypassPort | None"]
+FlowResult = tuple[Interval, "BypassView | None"]
 
 
 class PushStatus(Protocol):

@@ -4,9 +4,10 @@ stdout is not a terminal. `render()` is pure, so tests compare its exact output 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from rich.console import Console, Group
@@ -18,16 +19,26 @@ from ..kernel.keys import addr_text, endpoint_text, key_columns, qp_hex
 from ..kernel.layout import Direction, TrafficType
 from .collector import Interval, V
 
-if TYPE_CHECKING:
-    from ..rdma.bypass import BypassPort  # the shape of the bypass line; rdma imports flows, not back
-
-__all__ = ["FlowRow", "decode_flows", "ViewState", "render", "LiveView", "rate", "TYPE_STYLE"]
+__all__ = ["BypassView", "FlowRow", "decode_flows", "ViewState", "render", "LiveView", "rate", "TYPE_STYLE"]
 
 TYPE_STYLE = {
     TrafficType.TCP: "cyan", TrafficType.UDP: "blue", TrafficType.ICMP: "yellow", TrafficType.ROCE_V2: "magenta",
     TrafficType.ROCE_V1: "bright_magenta", TrafficType.IPOIB: "green", TrafficType.OTHER: "white",
 }
 HEADER_LINES = 5
+
+
+class BypassView(Protocol):
+    """What the flow output shows of the kernel-bypass comparison (rdma.bypass.BypassPort has it;
+    rdma imports flows, never the other way)."""
+
+    device: str
+    port: int
+    bypass: Mapping[Direction, int]  # NIC bytes the kernel did not see, this interval
+
+    def record(self, time: str, interface: str) -> dict[str, object]: ...
+
+    def text(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -84,7 +95,7 @@ class ViewState:
     rows: list[FlowRow]
     capacity: int
     export: str = ""  # e.g. "push 12 ok / 0 failed, buffer 0"
-    bypass: BypassPort | None = None
+    bypass: BypassView | None = None
     now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
 

@@ -46,8 +46,25 @@ class PortInfo:
         return f"{self.device}/{self.port}"
 
 
+class _DataBytes:
+    """rx_bytes/tx_bytes of a port from its port_*_data counters (4-byte words, x4 applied)."""
+
+    def _counter(self, name: str, scale: int = 1) -> int | None:
+        raise NotImplementedError
+
+    @property
+    def rx_bytes(self) -> int | None:
+        """Bytes the NIC received on this port."""
+        return self._counter(RX_DATA, DATA_WORD)
+
+    @property
+    def tx_bytes(self) -> int | None:
+        """Bytes the NIC transmitted on this port."""
+        return self._counter(TX_DATA, DATA_WORD)
+
+
 @dataclass(frozen=True)
-class PortSample:
+class PortSample(_DataBytes):
     """One reading of a port. ``time`` is the reader's clock (monotonic seconds); ``counters`` hold
     ``counters/`` with ``counters_ext/`` values preferred; ``hw`` is None outside nccl mode."""
 
@@ -57,19 +74,10 @@ class PortSample:
     hw: Mapping[str, Reading] | None = None
     lifespan_ms: int | None = None
 
-    def _bytes(self, name: str) -> int | None:
+    def _counter(self, name: str, scale: int = 1) -> int | None:
+        """A counter as the NIC counts it, cumulative."""
         r = self.counters.get(name)
-        return None if r is None else r.value * DATA_WORD
-
-    @property
-    def rx_bytes(self) -> int | None:
-        """Bytes the NIC received on this port, cumulative as the NIC counts (x4 applied)."""
-        return self._bytes(RX_DATA)
-
-    @property
-    def tx_bytes(self) -> int | None:
-        """Bytes the NIC transmitted on this port, cumulative as the NIC counts (x4 applied)."""
-        return self._bytes(TX_DATA)
+        return None if r is None else r.value * scale
 
 
 def _per_s(v: int | None, elapsed: float, scale: int = 1) -> float | None:
@@ -79,7 +87,7 @@ def _per_s(v: int | None, elapsed: float, scale: int = 1) -> float | None:
 
 
 @dataclass(frozen=True)
-class PortDelta:
+class PortDelta(_DataBytes):
     """One port over one interval. ``time`` is wall-clock seconds of the reading, ``elapsed`` the
     reader-clock seconds since the previous one. ``hw`` (port hw_counters; empty if the port has
     none) is None outside nccl mode; ``device_hw`` (device-level hw_counters, shared by the device's
@@ -99,25 +107,18 @@ class PortDelta:
         """Read in nccl mode (hw_counters included)."""
         return self.hw is not None
 
-    def _d(self, name: str, scale: int = 1) -> int | None:
+    def _counter(self, name: str, scale: int = 1) -> int | None:
+        """A counter's change over the interval."""
         v = self.counters.deltas.get(name)
         return None if v is None else v * scale
 
     @property
-    def rx_bytes(self) -> int | None:
-        return self._d(RX_DATA, DATA_WORD)
-
-    @property
-    def tx_bytes(self) -> int | None:
-        return self._d(TX_DATA, DATA_WORD)
-
-    @property
     def rx_packets(self) -> int | None:
-        return self._d(RX_PACKETS)
+        return self._counter(RX_PACKETS)
 
     @property
     def tx_packets(self) -> int | None:
-        return self._d(TX_PACKETS)
+        return self._counter(TX_PACKETS)
 
     @property
     def rx_bps(self) -> float | None:
