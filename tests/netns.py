@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 CMD_TIMEOUT = 20.0  # seconds for any one helper command
+# Deadlines stretch by this factor where the machine is emulated (tests/kvm.py sets it in TCG guests).
+TIME_SCALE = float(os.environ.get("XTRACE_TEST_TIME_SCALE") or 1)
 MAX_FRAMES = 10_000  # per send_frames call
 
 AGENT_IP4 = "198.51.100.1"
@@ -396,8 +398,9 @@ class Proc:
                 self._cond.notify_all()
 
     def wait_stderr(self, text: str, timeout: float = 15.0) -> str:
-        """The first stderr line containing `text`; fails if the process ends or time runs out first."""
-        deadline = time.monotonic() + timeout
+        """The first stderr line containing `text`; fails if the process ends or time runs out first
+        (`timeout` seconds, times TIME_SCALE)."""
+        deadline = time.monotonic() + timeout * TIME_SCALE
         with self._cond:
             for _ in range(100_000):  # bounded: each pass waits, or a line arrived
                 for line in self.err:

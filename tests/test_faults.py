@@ -42,6 +42,7 @@ from netns import (
     PEER_MAC,
     SINK_IP4,
     SINK_MAC,
+    TIME_SCALE,
     Agent,
     VethPair,
     _wait_oper_up,
@@ -457,7 +458,8 @@ def test_cli_max_flows_full_says_so_everywhere(pair: VethPair) -> None:
     frames = [udp4(PEER_IP4, 10000 + i, AGENT_IP4, 5000, i % 50) for i in range(n)]
     url = f"http://127.0.0.1:{port}/metrics"
     common = f'interface="{pair.ifname}",host_ip="{AGENT_IP4}",collect_agg="default"'
-    with Agent(pair.ns, ["-i", pair.ifname, "-m", "xdp", "-t", "2000", "--max-flows", str(cap),
+    # The interval is longer than a /metrics poll can take (seconds each in an emulated guest).
+    with Agent(pair.ns, ["-i", pair.ifname, "-m", "xdp", "-t", str(int(2000 * TIME_SCALE)), "--max-flows", str(cap),
                          "--metrics-addr", f"127.0.0.1:{port}"], env=pair.env) as a:
         assert a.wait_stderr("xtrace-catch: ") == attached_line(pair, "xdp")
         a.wait_stderr("serving /metrics")
