@@ -187,6 +187,9 @@ def flows_and_summaries(records: list[dict[str, object]]) -> tuple[list[dict[str
     return fl, su
 
 
+LEDGER = ("seen", "counted", "filtered", "truncated", "overflowed")
+
+
 def check_accounting(records: list[dict[str, object]], interface: str) -> list[dict[str, object]]:
     """seen = counted + filtered + truncated + overflowed, and the flow records add up to what
     the kernel counted. The flow map and the stats are read one after the other while traffic
@@ -209,12 +212,12 @@ def check_accounting(records: list[dict[str, object]], interface: str) -> list[d
     assert summaries, "no interval was printed"
     assert records[-1].get("record") == "summary", "flow records after the last summary"
     last = summaries[-1]
-    assert last["packets_seen_total"] == (last["packets_counted_total"] + last["packets_filtered_total"]
-                                          + last["packets_truncated_total"] + last["packets_overflowed_total"]), last
+    for unit in ("packets", "bytes"):  # the ledger holds for bytes as for packets
+        assert last[f"{unit}_seen_total"] == sum(last[f"{unit}_{k}_total"] for k in LEDGER[1:]), last  # type: ignore
+        # Each interval's deltas add up to the totals.
+        for k in LEDGER:
+            assert sum(int(r[f"{unit}_{k}"]) for r in summaries) == last[f"{unit}_{k}_total"], (unit, k)  # type: ignore
     assert (last["packets_counted_total"], last["bytes_counted_total"]) == (pk, by), last
-    # Each interval's deltas add up to the totals.
-    assert sum(int(r["packets_seen"]) for r in summaries) == last["packets_seen_total"]  # type: ignore[arg-type]
-    assert sum(int(r["packets_counted"]) for r in summaries) == pk  # type: ignore[arg-type]
     return summaries
 
 

@@ -483,6 +483,12 @@ def test_cli_max_flows_full_says_so_everywhere(pair: VethPair) -> None:
         assert len(mem) == 1 and cap * (48 + 96) <= mem[0] < cap * (48 + 96 + 200), mem
         assert f"xtrace_agent_flows_tracked{{{common}}} {cap}" in lines
         assert f"xtrace_agent_packets_counted_total{{{common}}} {cap}" in lines
+        # The byte ledger on /metrics: seen = counted + filtered + truncated + overflowed, and all seen.
+        ledger = {k: int(ln.split()[-1]) for k in ("seen", "counted", "filtered", "truncated", "overflowed")
+                  for ln in lines if ln.startswith(f"xtrace_agent_bytes_{k}_total{{{common}}} ")}
+        assert ledger["seen"] == sum(len(f) for f in frames), ledger
+        assert ledger["seen"] == ledger["counted"] + ledger["filtered"] + ledger["truncated"] + ledger["overflowed"]
+        assert ledger["overflowed"] > 0, ledger
         ovf = [ln for ln in lines if ln.startswith('xtrace_network_packets_total{src_ip="overflow"')]
         assert len(ovf) == 1 and 'traffic_type="UDP",direction="ingress"' in ovf[0] and ovf[0].endswith(f" {n - cap}")
         assert a.stop() == 0, a.err

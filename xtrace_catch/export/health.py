@@ -24,6 +24,22 @@ if TYPE_CHECKING:
     from ..export.server import MetricsServer
 
 
+# The kernel's ledger, packets and bytes: seen = counted + filtered + truncated + overflowed.
+# (metric, STATS field, help)
+LEDGER_METRICS = (
+    ("xtrace_agent_packets_seen_total", "seen", "Packets the programs saw."),
+    ("xtrace_agent_packets_counted_total", "counted", "Packets counted in flows."),
+    ("xtrace_agent_packets_filtered_total", "filtered", "Packets left out by the filter or DNS exclusion."),
+    ("xtrace_agent_packets_truncated_total", "truncated", "Packets with truncated or unparsable headers."),
+    ("xtrace_agent_packets_overflowed_total", "overflowed", "Packets counted in the overflow table (map full)."),
+    ("xtrace_agent_bytes_seen_total", "seen_bytes", "Wire bytes the programs saw."),
+    ("xtrace_agent_bytes_counted_total", "counted_bytes", "Wire bytes counted in flows."),
+    ("xtrace_agent_bytes_filtered_total", "filtered_bytes", "Wire bytes left out by the filter or DNS exclusion."),
+    ("xtrace_agent_bytes_truncated_total", "truncated_bytes", "Wire bytes of packets with truncated headers."),
+    ("xtrace_agent_bytes_overflowed_total", "overflowed_bytes", "Wire bytes counted in the overflow table."),
+)
+
+
 class Export:
     """Metric series for push and pull, fed once per interval."""
 
@@ -134,14 +150,7 @@ class Export:
              self.fmap.memory_bytes),
             ("xtrace_agent_map_full", "gauge", "1 when packets overflowed the flow map in the last interval.", L,
              1 if iv.stats_delta["overflowed"] else 0),
-            ("xtrace_agent_packets_seen_total", "counter", "Packets the programs saw.", L, st["seen"]),
-            ("xtrace_agent_packets_counted_total", "counter", "Packets counted in flows.", L, st["counted"]),
-            ("xtrace_agent_packets_filtered_total", "counter", "Packets dropped by filter or DNS exclusion.", L,
-             st["filtered"]),
-            ("xtrace_agent_packets_truncated_total", "counter", "Packets with truncated/unparsable headers.", L,
-             st["truncated"]),
-            ("xtrace_agent_packets_overflowed_total", "counter", "Packets counted in the overflow table (map full).",
-             L, st["overflowed"]),
+            *((name, "counter", help_, L, st[field]) for name, field, help_ in LEDGER_METRICS),
             ("xtrace_agent_flows_evicted_total", "counter", "Idle flows removed from the kernel map.", L,
              self.collector.evicted_total),
             ("xtrace_agent_collect_duration_seconds", "gauge", "Time the last collection took.", L,

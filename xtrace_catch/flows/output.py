@@ -20,6 +20,7 @@ _OPS = ("op_send", "op_write", "op_read_req", "op_read_resp", "op_ack", "op_atom
 
 
 _ROCE = (int(TrafficType.ROCE_V1), int(TrafficType.ROCE_V2))
+LEDGER = ("seen", "counted", "filtered", "truncated", "overflowed")  # the kernel's accounting, STATS_FIELDS
 
 
 def rfc3339(ts: float) -> str:
@@ -128,7 +129,7 @@ class LineWriter:
 def summary(iv: Interval, interface: str, fmap: FlowMapInfo) -> dict[str, Any]:
     """The interval summary record (`"record": "summary"`).
 
-    The packet accounting comes from the kernel's per-CPU stats, read right after the flow
+    The accounting (packets and bytes) comes from the kernel's per-CPU stats, read right after the flow
     map: under traffic a packet counted between the two reads shows in this summary and in
     the next interval's flow lines. Totals since start always agree once traffic pauses."""
     s, st = iv.stats_delta, iv.stats_total
@@ -138,14 +139,9 @@ def summary(iv: Interval, interface: str, fmap: FlowMapInfo) -> dict[str, Any]:
         "interval": iv.seq,
         "elapsed_s": round(iv.elapsed, 3), "active_flows": len(iv.keys), "tracked_flows": iv.flows_tracked,
         "map_capacity": fmap.capacity, "map_memory_bytes": fmap.memory_bytes, "map_reads": fmap.reads, "evicted_flows": iv.evicted,
-        "packets_seen": s["seen"], "bytes_seen": s["seen_bytes"],
-        "packets_counted": s["counted"], "bytes_counted": s["counted_bytes"],
-        "packets_filtered": s["filtered"], "packets_truncated": s["truncated"],
-        "packets_overflowed": s["overflowed"], "bytes_overflowed": s["overflowed_bytes"],
-        "packets_seen_total": st["seen"], "packets_counted_total": st["counted"],
-        "packets_filtered_total": st["filtered"], "packets_truncated_total": st["truncated"],
-        "packets_overflowed_total": st["overflowed"],
-        "bytes_seen_total": st["seen_bytes"], "bytes_counted_total": st["counted_bytes"],
+        # The ledger, packets and bytes: seen = counted + filtered + truncated + overflowed.
+        **{f"packets_{k}": s[k] for k in LEDGER}, **{f"bytes_{k}": s[f"{k}_bytes"] for k in LEDGER},
+        **{f"packets_{k}_total": st[k] for k in LEDGER}, **{f"bytes_{k}_total": st[f"{k}_bytes"] for k in LEDGER},
     }
 
 
