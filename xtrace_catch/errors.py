@@ -95,6 +95,12 @@ class AttachError(XtraceError):
     """Attaching to or detaching from an interface failed."""
 
 
+class NativeXdpRefused(AttachError):
+    """--xdp-mode native, and the driver refused native XDP (the kernel's reason in the message)."""
+
+    exit_code = 2
+
+
 class HookBusyError(AttachError):
     """Another program (or another xtrace-catch) holds the XDP/TC hook; we never replace it."""
 

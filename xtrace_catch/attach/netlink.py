@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import sys
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
@@ -50,8 +51,9 @@ from pyroute2.netlink.exceptions import NetlinkError  # noqa: E402
 
 
 def open_ipr() -> IPRoute:
+    """An rtnetlink socket that asks for extended acks, so a refusal carries the kernel's reason."""
     try:
-        return IPRoute()
+        return IPRoute(ext_ack=True)
     except OSError as exc:
         raise AttachError(f"cannot open a netlink socket: {exc}") from exc
 
@@ -67,6 +69,13 @@ R = TypeVar("R")
 
 def netlink_errno(exc: NetlinkError) -> int:
     return int(exc.code)
+
+
+def netlink_reason(exc: NetlinkError) -> str:
+    """The kernel's own words for a refusal (netlink's extended ack, e.g. "veth: Peer MTU is too
+    large to set XDP"), or '' when it gave none."""
+    msg = str(exc.args[1]) if len(exc.args) > 1 and exc.args[1] else ""
+    return "" if msg == os.strerror(int(exc.code)) else msg
 
 
 def boundary(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:

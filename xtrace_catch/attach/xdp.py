@@ -6,14 +6,14 @@ import errno
 import logging
 import os
 
-from ..errors import AttachError, HookBusyError, LibbpfError
+from ..errors import AttachError, HookBusyError, LibbpfError, NativeXdpRefused
 from ..kernel import libbpf
 from ..kernel.uapi import BPF_XDP
 from ..notify import Notify
 from ..settings import XdpMode
 from .links import LinkHolder
 from .names import OUR_PROG_NAMES, Interface, prog_name
-from .netlink import IPRoute, NetlinkError, netlink_errno, xdp_attrs
+from .netlink import IPRoute, NetlinkError, netlink_errno, netlink_reason, xdp_attrs
 from .policy import NO_LINK_ERRNOS
 from .state import recorded_xdp_id, write_record, xdp_state_file
 
@@ -30,6 +30,21 @@ XDP_FLAGS_DRV_MODE = 1 << 2
 
 
 XDP_FLAGS_REPLACE = 1 << 4
+
+
+# What a driver answers when it will not run this program natively (no native XDP, an MTU
+# above what a non-frags program may see, too many queues, ...): --xdp-mode auto then goes
+# generic. 524 is the kernel's ENOTSUPP (not in userspace's errno table).
+ENOTSUPP = 524
+NATIVE_REFUSALS = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.ERANGE, errno.E2BIG, errno.ENOMEM, ENOTSUPP})
+
+
+class _LinkRefused(Exception):
+    """An XDP link in native mode was refused with `code` (the kernel gives links no reason)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
 
 
 def attached_xdp_id(ipr: IPRoute, index: int) -> int:
@@ -60,7 +75,8 @@ class XdpAttachment(LinkHolder):
         return "link" if self.link_fd is not None else "netlink"
 
     def _try_link(self, flag: int) -> bool:
-        """Attach through an XDP link in `flag`'s mode. False where the kernel has no XDP links."""
+        """Attach through an XDP link in `flag`'s mode. False where the kernel has no XDP links;
+        _LinkRefused when the driver refuses native mode (netlink can then say why)."""
         try:
             self.link_fd = libbpf.get().link_create(self.fd, self.iface.index, BPF_XDP, flags=flag)
             return True
@@ -68,8 +84,8 @@ class XdpAttachment(LinkHolder):
             code = exc.errno
             if code in (errno.EBUSY, errno.EEXIST):
                 raise NetlinkError(code, str(exc)) from exc  # another program holds the hook: refused below
-            if code in NO_LINK_ERRNOS and self.need_link and flag == XDP_FLAGS_DRV_MODE:
-                raise NetlinkError(code, str(exc)) from exc  # native refused: the caller tries generic
+            if flag == XDP_FLAGS_DRV_MODE and code in NATIVE_REFUSALS:
+                raise _LinkRefused(code) from exc
             if code not in NO_LINK_ERRNOS or self.need_link:
                 raise AttachError(f"attaching XDP to {self.iface.name} through a BPF link failed: "
                                   f"{libbpf.errno_name(code)}") from exc
@@ -87,8 +103,9 @@ class XdpAttachment(LinkHolder):
         return pid, (prog_name(pid) if pid else "")
 
     def _attach(self, mode: XdpMode, notify: Notify) -> None:
+        mode = XdpMode(mode)
         modes = {XdpMode.AUTO: [XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE], XdpMode.NATIVE: [XDP_FLAGS_DRV_MODE],
-                 XdpMode.GENERIC: [XDP_FLAGS_SKB_MODE]}[XdpMode(mode)]
+                 XdpMode.GENERIC: [XDP_FLAGS_SKB_MODE]}[mode]
         name = self.iface.name
         pid, pname = self._current()
         if pid:
@@ -101,20 +118,27 @@ class XdpAttachment(LinkHolder):
             # Ours, left by a killed run: remove it (only if it is still that program), then attach anew.
             detach_xdp_prog(self.ipr, self.iface.index, pid)
             notify(f"replacing a stale xtrace-catch XDP program (id {pid}) on {name}")
+        refusal = ""  # the kernel's reason for refusing native mode, once known
         last_exc: NetlinkError | None = None
         for flag in modes:
             try:
-                if self.use_link and self._try_link(flag):
-                    self.mode_flag = flag
-                    xdp_state_file(name).unlink(missing_ok=True)
-                    if flag == XDP_FLAGS_SKB_MODE and mode is XdpMode.AUTO:
-                        notify(f"the driver of {name} lacks native XDP: using generic (SKB) mode, which is slower")
-                    return
+                if self.use_link:
+                    try:
+                        if self._try_link(flag):
+                            self.mode_flag = flag
+                            xdp_state_file(name).unlink(missing_ok=True)
+                            self._fell_back(flag, mode, refusal, notify)
+                            return
+                    except _LinkRefused as r:
+                        if self.need_link:
+                            raise NetlinkError(r.code, os.strerror(r.code)) from None
+                        # A link gets no reason from the kernel; netlink's extended ack has it.
+                        log.info("native XDP link on %s refused (%s); asking netlink why", name,
+                                 libbpf.errno_name(r.code))
                 self._set(XDP_FLAGS_UPDATE_IF_NOEXIST | flag, self.fd)
                 self.mode_flag = flag
                 self._record()
-                if flag == XDP_FLAGS_SKB_MODE and mode is XdpMode.AUTO:
-                    notify(f"the driver of {name} lacks native XDP: using generic (SKB) mode, which is slower")
+                self._fell_back(flag, mode, refusal, notify)
                 return
             except NetlinkError as exc:
                 last_exc = exc
@@ -125,15 +149,25 @@ class XdpAttachment(LinkHolder):
                         f"{name} already has XDP program id {pid} ({pname}); xtrace-catch never replaces another "
                         f"program: see it with 'ip link show {name}', detach it, or use -m tc"
                     ) from exc
-                if code in (errno.EOPNOTSUPP, errno.EINVAL) and flag == XDP_FLAGS_DRV_MODE:
+                if flag == XDP_FLAGS_DRV_MODE and code in NATIVE_REFUSALS:
+                    refusal = f"{netlink_reason(exc) or 'no reason given'} ({errno.errorcode.get(code, code)})"
+                    if mode is XdpMode.NATIVE:
+                        raise NativeXdpRefused(
+                            f"{name} refused native XDP: {refusal}; use --xdp-mode auto or generic, or -m tc"
+                        ) from exc
                     continue
                 break
         assert last_exc is not None
         code = netlink_errno(last_exc)
-        hint = ("the driver does not support native XDP: try --xdp-mode generic"
-                if code in (errno.EOPNOTSUPP, errno.EINVAL) and mode is XdpMode.NATIVE else
-                "run as root or grant CAP_NET_ADMIN" if code == errno.EPERM else "run with -v for details")
-        raise AttachError(f"attaching XDP to {name} failed: {libbpf.errno_name(code)}; {hint}") from last_exc
+        reason = netlink_reason(last_exc)
+        hint = "run as root or grant CAP_NET_ADMIN" if code == errno.EPERM else "run with -v for details"
+        raise AttachError(f"attaching XDP to {name} failed: {libbpf.errno_name(code)}"
+                          + (f" ({reason})" if reason else "") + f"; {hint}") from last_exc
+
+    def _fell_back(self, flag: int, mode: XdpMode, refusal: str, notify: Notify) -> None:
+        if flag == XDP_FLAGS_SKB_MODE and mode is XdpMode.AUTO:
+            notify(f"{self.iface.name} refused native XDP: {refusal or 'the driver lacks it'}; using generic "
+                   "(SKB) mode, which is slower")
 
     def _record(self) -> None:
         write_record(xdp_state_file(self.iface.name), {"ifindex": self.iface.index,
