@@ -843,6 +843,24 @@ int xtrace_xdp(struct xdp_md *ctx)
 	return XDP_PASS;
 }
 
+/* The multi-buffer variant (Linux >= 5.18): drivers attach it natively at any MTU (a non-frags
+ * program is refused above about a page: "Peer MTU is too large to set XDP"). The headers are in
+ * the first buffer, which is at least a page less headroom on every driver that makes
+ * multi-buffer frames; a frame is counted at its whole length, across its fragments. User space
+ * loads this one where the kernel takes it, else xtrace_xdp. */
+SEC("xdp.frags")
+int xtrace_xdp_frags(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct flow_key key;
+	struct pkt_info pi;
+
+	int ret = parse_fresh(data, data_end, &key, &pi, 0, 0, XT_DIR_INGRESS);
+	count_frame(&key, &pi, ret, bpf_xdp_get_buff_len(ctx), 1, 0, XT_DIR_INGRESS);
+	return XDP_PASS;
+}
+
 /* CO-RE flavour of the context: field offsets are relocated against the
  * running kernel's BTF and missing fields can be tested for. */
 struct __sk_buff___xt {

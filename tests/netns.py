@@ -15,6 +15,7 @@ do not need (bench/netenv.py).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -276,11 +277,20 @@ def qdisc_kinds(ns: str, ifname: str) -> list[str]:
     return [str(q["kind"]) for q in json.loads(run(["tc", "-j", "-n", ns, "qdisc", "show", "dev", ifname]).stdout)]
 
 
+@functools.cache
+def xdp_prog_name() -> str:
+    """The name (as the kernel keeps it, 15 characters) of the XDP program the agent loads here:
+    the multi-buffer variant where this kernel takes it."""
+    from xtrace_catch.kernel.datapath import xdp_frags_supported
+
+    return "xtrace_xdp_frags"[:15] if xdp_frags_supported() else "xtrace_xdp"
+
+
 def our_prog_ids(ns: str, ifname: str) -> dict[str, int]:
     """Ids of xtrace-catch programs attached to the interface: keys 'xdp', 'ingress', 'egress'."""
     ids: dict[str, int] = {}
     x = xdp_prog(ns, ifname)
-    if x and x[1] == "xtrace_xdp":
+    if x and x[1] in ("xtrace_xdp", "xtrace_xdp_frags"[:15]):  # either XDP variant
         ids["xdp"] = x[0]
     for d in ("ingress", "egress"):
         for f in tc_filters(ns, ifname, d):

@@ -46,6 +46,7 @@ from netns import (
     veth_pair,
     wait_seen,
     xdp_prog,
+    xdp_prog_name,
     xtrace,
 )
 from tools import require_tool
@@ -533,7 +534,7 @@ def expect_clean(pair: VethPair, foreign: bool) -> dict[str, object]:
 
 def expect_ours(pair: VethPair, foreign: bool, xdp_id: int) -> dict[str, object]:
     clean = expect_clean(pair, foreign)
-    return {"xdp": (xdp_id, "xtrace_xdp"),
+    return {"xdp": (xdp_id, xdp_prog_name()),
             "ingress": sorted([*clean["ingress"], (1, "bpf", "0x7874", "xtrace_tc_ingress")]),  # type: ignore[misc]
             "egress": sorted([*clean["egress"], (1, "bpf", "0x7874", "xtrace_tc_egress")]),  # type: ignore[misc]
             "qdiscs": sorted(["noqueue", "clsact"])}
@@ -728,7 +729,7 @@ def test_interfaces_lists_the_veth_and_our_attachments(pair6: VethPair) -> None:
         xid = our_prog_ids(pair.ns, pair.ifname)["xdp"]
         for argv in (["-l"], ["interfaces"]):
             assert _row(pair, argv) == (head, [pair.ifname, "UP", "Ethernet", "1500", "xdp", "id", str(xid),
-                                               "xtrace_xdp,", "xtrace", "tc", "ingress,", "xtrace", "tc", "egress",
+                                               f"{xdp_prog_name()},", "xtrace", "tc", "ingress,", "xtrace", "tc", "egress",
                                                *addrs])
         assert ax.stop() == 0 and at.stop() == 0
     assert _row(pair, ["interfaces"])[1][4] == "-"

@@ -1,8 +1,11 @@
 """Jumbo MTU (RoCE fabrics run at 9000): a veth pair at MTU 9000, frames of 1,500, 4,000 and 8,900
-bytes, counted exactly in XDP (auto and generic) and TC. A veth refuses a non-frags XDP program
-above about a page of MTU ("Peer MTU is too large to set XDP", ERANGE): --xdp-mode auto falls
-back to generic with one line naming the kernel's reason; --xdp-mode native fails with that
-reason and exit code 2, no traceback. Root; namespaces of the test's own.
+bytes, counted exactly in XDP (auto, native, generic) and TC.
+
+Where the kernel takes the multi-buffer program (xdp.frags, Linux >= 5.18) XDP attaches natively
+at MTU 9000. The single-buffer program (older kernels, or XTRACE_XDP_FRAGS=off) is refused
+natively above about a page of MTU ("Peer MTU is too large to set XDP", ERANGE): --xdp-mode auto
+then falls back to generic with one line naming the kernel's reason; --xdp-mode native fails
+with that reason and exit code 2, no traceback. Root; namespaces of the test's own.
 """
 
 from __future__ import annotations
@@ -11,14 +14,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from netns import AGENT_IP4, PEER_IP4, VethPair, run, send_frames, veth_pair, wait_seen, xtrace
-from test_e2e_run import attached_line, check_accounting, flows_and_summaries, start_agent, udp4
+from netns import AGENT_IP4, PEER_IP4, Agent, VethPair, run, send_frames, veth_pair, wait_seen, xdp_prog_name, xtrace
+from test_e2e_run import INTERVAL, attached_line, check_accounting, flows_and_summaries, udp4
 
 pytestmark = pytest.mark.kernel
 
 MTU = 9000
 SIZES = (1500, 4000, 8900)  # whole Ethernet frames, no FCS
 PER_SIZE = 7
+
+
+FRAGS = xdp_prog_name() != "xtrace_xdp"  # this kernel takes the multi-buffer program
+needs_frags = pytest.mark.skipif(not FRAGS, reason="this kernel lacks xdp.frags (Linux < 5.18)")
 
 
 @pytest.fixture
@@ -39,11 +46,11 @@ def frames() -> list[bytes]:
     return out
 
 
-def count(pair: VethPair, *args: str) -> tuple[list[str], dict[int, tuple[int, int]]]:
+def count(pair: VethPair, env: dict[str, str], *args: str) -> tuple[list[str], dict[int, tuple[int, int]]]:
     """Run the agent with `args`, send the frames, stop it: (its stderr lines, per source port
     (packets, bytes) over all intervals). The ledger must hold for packets and bytes."""
     fs = frames()
-    with start_agent(pair, *args) as a:
+    with Agent(pair.ns, ["-i", pair.ifname, "--output", "json", "-t", INTERVAL, *args], env=env) as a:
         a.wait_stderr("loaded on" if "xdp" in args else "attached to")
         send_frames(pair.peer_ns, pair.peer_if, fs)
         assert wait_seen(pair.ns, pair.ifname, len(fs))["seen"] == len(fs)
@@ -63,28 +70,54 @@ def count(pair: VethPair, *args: str) -> tuple[list[str], dict[int, tuple[int, i
 WANT = {size: (PER_SIZE, PER_SIZE * size) for size in SIZES}
 
 
-def test_xdp_auto_falls_back_to_generic_naming_the_reason_and_counts_every_byte(jumbo: VethPair) -> None:
-    err, got = count(jumbo, "-m", "xdp")
+PATHS = pytest.mark.parametrize("path", ["link", "netlink"])  # XTRACE_ATTACH: BPF links, or netlink
+
+
+def env_for(pair: VethPair, path: str, frags: bool = True) -> dict[str, str]:
+    env = pair.link_env if path == "link" else pair.env
+    return {**env, "XTRACE_XDP_FRAGS": "auto" if frags else "off"}
+
+
+@needs_frags
+@PATHS
+@pytest.mark.parametrize("mode", ["auto", "native"])
+def test_xdp_attaches_natively_at_mtu_9000_and_counts_every_byte(jumbo: VethPair, mode: str, path: str) -> None:
+    err, got = count(jumbo, env_for(jumbo, path), "-m", "xdp", "--xdp-mode", mode)
+    assert got == WANT
+    assert err == [attached_line(jumbo, "xdp")], err  # native: no "(generic mode)"
+    link = run(["ip", "-n", jumbo.ns, "-d", "link", "show", jumbo.ifname]).stdout
+    assert "xdpgeneric" not in link, link
+
+
+@PATHS
+def test_xdp_auto_falls_back_to_generic_naming_the_reason_and_counts_every_byte(jumbo: VethPair, path: str) -> None:
+    """The single-buffer program (as on kernels without xdp.frags) is refused natively."""
+    err, got = count(jumbo, env_for(jumbo, path, frags=False), "-m", "xdp")
     assert got == WANT
     assert len(err) == 2 and err[1] == attached_line(jumbo, "xdp") + " (generic mode)", err
     assert err[0].startswith(f"xtrace-catch: {jumbo.ifname} refused native XDP: "), err
     assert "MTU" in err[0] and "(ERANGE)" in err[0] and "using generic (SKB) mode" in err[0], err
 
 
-def test_xdp_generic_counts_every_byte(jumbo: VethPair) -> None:
-    err, got = count(jumbo, "-m", "xdp", "--xdp-mode", "generic")
+@pytest.mark.parametrize("frags", [True, False], ids=["frags", "single-buffer"])
+def test_xdp_generic_counts_every_byte(jumbo: VethPair, frags: bool) -> None:
+    err, got = count(jumbo, env_for(jumbo, "link", frags), "-m", "xdp", "--xdp-mode", "generic")
     assert got == WANT
     assert err == [attached_line(jumbo, "xdp") + " (generic mode)"], err
 
 
-def test_tc_counts_every_byte(jumbo: VethPair) -> None:
-    err, got = count(jumbo, "-m", "tc")
+@PATHS
+def test_tc_counts_every_byte(jumbo: VethPair, path: str) -> None:
+    err, got = count(jumbo, env_for(jumbo, path), "-m", "tc")
     assert got == WANT
     assert err == [attached_line(jumbo, "tc")], err
 
 
-def test_xdp_native_refused_says_why_and_exits_2(jumbo: VethPair) -> None:
-    p = xtrace(jumbo.ns, ["-i", jumbo.ifname, "-m", "xdp", "--xdp-mode", "native", "--count", "1"], env=jumbo.env)
+@PATHS
+def test_xdp_native_refused_says_why_and_exits_2(jumbo: VethPair, path: str) -> None:
+    """The single-buffer program, natively at MTU 9000: the kernel's reason, exit 2."""
+    p = xtrace(jumbo.ns, ["-i", jumbo.ifname, "-m", "xdp", "--xdp-mode", "native", "--count", "1"],
+               env=env_for(jumbo, path, frags=False))
     assert p.returncode == 2, p.stderr
     lines = p.stderr.splitlines()
     assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr

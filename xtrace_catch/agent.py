@@ -80,6 +80,8 @@ def _run(settings: Settings, iface: attach.Interface, bypass_port: tuple[str, in
             fmap = dp.flow_map_info()
             log.info("flow map: %d flows, %d bytes of kernel memory, read by %s", fmap.capacity, fmap.memory_bytes,
                      fmap.reads)
+            if settings.mode is Mode.XDP:
+                log.info("XDP program: %s", dp.xdp_variant)
             export = Export(settings, iface.name, host_ip, collector, fmap, listener) if settings.export.any else None
             emitter = Emitter(settings, iface.name, host_ip, fmap, out, notify, export)
             tracker = bypass_tracker(settings, bypass_port, notify)

@@ -23,10 +23,11 @@ TC_NAMES = {Direction.INGRESS: "xtrace_tc_ingress", Direction.EGRESS: "xtrace_tc
 
 
 XDP_NAME = "xtrace_xdp"
+XDP_FRAGS_NAME = "xtrace_xdp_frags"  # the multi-buffer variant
 
 
 # The kernel keeps 15 characters of a program's name.
-OUR_PROG_NAMES = {n[:15] for n in (XDP_NAME, *TC_NAMES.values())}
+OUR_PROG_NAMES = {n[:15] for n in (XDP_NAME, XDP_FRAGS_NAME, *TC_NAMES.values())}
 
 
 class LinkKind(enum.IntEnum):

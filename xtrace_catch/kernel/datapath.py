@@ -39,6 +39,8 @@ from .object import BpfObject
 __all__ = [
     "OBJECT_PATH",
     "PROG_XDP",
+    "PROG_XDP_FRAGS",
+    "xdp_frags_supported",
     "PROG_TC_INGRESS",
     "PROG_TC_EGRESS",
     "ALL_PROGRAMS",
@@ -53,11 +55,13 @@ log = logging.getLogger(__name__)
 
 OBJECT_PATH = Path(__file__).resolve().parent.parent / "bpf" / "xtrace.bpf.o"
 PROG_XDP = "xtrace_xdp"
+PROG_XDP_FRAGS = "xtrace_xdp_frags"  # PROG_XDP's multi-buffer variant, loaded in its place where the kernel can
 PROG_TC_INGRESS = "xtrace_tc_ingress"
 PROG_TC_EGRESS = "xtrace_tc_egress"
 TC_PROGS = {Direction.INGRESS: PROG_TC_INGRESS, Direction.EGRESS: PROG_TC_EGRESS}
 ALL_PROGRAMS = frozenset({PROG_XDP, PROG_TC_INGRESS, PROG_TC_EGRESS})  # the hook programs
 PROG_READ_FLOWS = "xtrace_read_flows"  # the flow map's iterator, always loaded
+_OPTIONAL = (PROG_XDP_FRAGS, PROG_READ_FLOWS)  # loaded where this kernel takes them (probed once each)
 
 # Well-known public resolvers (Google, Cloudflare, Quad9, OpenDNS), added to the
 # host's resolv.conf nameservers for --exclude-dns. Only matched against, never contacted.
@@ -149,9 +153,15 @@ class Datapath:
         self.obj = BpfObject(data, str(path))
         self._iter_link: int | None = None
         try:
-            use_iter = _iterator_loads(data, str(path))
+            use_iter = _loads(data, str(path), PROG_READ_FLOWS)
+            # XDP: the multi-buffer variant (attaches natively at any MTU) where the kernel has it.
+            self.xdp_frags = (PROG_XDP in self.config.programs and _frags_wanted()
+                              and _loads(data, str(path), PROG_XDP_FRAGS))
             self._configure()
             self.obj.set_autoload(PROG_READ_FLOWS, use_iter)
+            if self.xdp_frags:
+                self.obj.set_autoload(PROG_XDP, False)
+                self.obj.set_autoload(PROG_XDP_FRAGS, True)
             self.obj.load()
             self.flows = self.obj.map("flows", key_dtype=FLOW_KEY, value_dtype=FLOW_VALUE)
             self.flow_reads = "batch"
@@ -183,11 +193,18 @@ class Datapath:
         self.obj.set_max_entries("flows", c.max_flows)
         for prog in ALL_PROGRAMS:
             self.obj.set_autoload(prog, prog in c.programs)
+        self.obj.set_autoload(PROG_XDP_FRAGS, False)
 
     # -- programs ------------------------------------------------------------
 
+    @property
+    def xdp_variant(self) -> str:
+        """Which XDP program is loaded, in words (for -v)."""
+        return "multi-buffer (xdp.frags)" if self.xdp_frags else "single-buffer (xdp; this kernel has no xdp.frags)"
+
     def prog_fd(self, name: str) -> int:
-        return self.obj.prog_fd(name)
+        """A hook program's fd by its name; PROG_XDP gives whichever XDP variant is loaded."""
+        return self.obj.prog_fd(PROG_XDP_FRAGS if name == PROG_XDP and self.xdp_frags else name)
 
     # -- maps ------------------------------------------------------------------
 
@@ -250,33 +267,57 @@ class Datapath:
         self.close()
 
 
-_ITERATOR_LOADS: bool | None = None
 
 
-def _iterator_loads(data: bytes, name: str) -> bool:
-    """Whether this kernel loads xtrace_read_flows (a tracing program: Linux >= 5.9, and no LSM
-    policy refusing tracing programs, as on the Firecracker kernels we develop on: EPERM). Tried
-    once per process, alone, with a one-entry flow map. Without it, reads are batch lookups,
-    whose memcpy can tear a counter another CPU is adding to (rare; seen on 6.1 under TCG)."""
-    global _ITERATOR_LOADS
-    if _ITERATOR_LOADS is None:
+def _loads(data: bytes, name: str, prog: str) -> bool:
+    """Whether this kernel loads `prog`, one of _OPTIONAL, tried once per process, alone, with a
+    one-entry flow map.
+
+    xtrace_read_flows is a tracing program (Linux >= 5.9, and no LSM policy refusing tracing
+    programs, as on the Firecracker kernels we develop on: EPERM); without it reads are batch
+    lookups, whose memcpy can tear a counter another CPU is adding to (rare; seen on 6.1 under
+    TCG). xtrace_xdp_frags needs BPF_F_XDP_HAS_FRAGS and bpf_xdp_get_buff_len (Linux >= 5.18);
+    without it XDP runs the single-buffer program, which drivers refuse natively at jumbo MTU."""
+    if prog not in _PROBED:
         quiet = logging.getLogger("xtrace_catch.libbpf")  # a refusal here is handled, not news
         level = quiet.level
         quiet.setLevel(max(level, logging.ERROR))
-        with BpfObject(data, f"{name} (iterator probe)") as probe:
-            for prog in ALL_PROGRAMS:
-                probe.set_autoload(prog, False)
+        with BpfObject(data, f"{name} ({prog} probe)") as probe:
+            for other in (*ALL_PROGRAMS, *_OPTIONAL):
+                probe.set_autoload(other, other == prog)
             probe.set_max_entries("flows", 1)
             try:
                 probe.load()
-                _ITERATOR_LOADS = True
+                _PROBED[prog] = True
             except LoadError as exc:
-                log.info("the kernel refused the flow-map iterator (%s): reading with batch lookups, whose copy "
-                         "can tear a counter being added to", str(exc).split(";")[0])
-                _ITERATOR_LOADS = False
+                log.info("the kernel refused %s (%s): %s", prog, str(exc).split(";")[0],
+                         _WITHOUT[prog])
+                _PROBED[prog] = False
             finally:
                 quiet.setLevel(level)
-    return _ITERATOR_LOADS
+    return _PROBED[prog]
+
+
+def _frags_wanted() -> bool:
+    """XTRACE_XDP_FRAGS=off keeps the single-buffer XDP program even where the kernel has
+    xdp.frags (a driver that mishandles multi-buffer programs); auto (the default) uses it."""
+    v = os.environ.get("XTRACE_XDP_FRAGS", "auto").strip().lower() or "auto"
+    if v not in ("auto", "off"):
+        raise UsageError(f"XTRACE_XDP_FRAGS={v!r} is not one of auto, off")
+    return v == "auto"
+
+
+def xdp_frags_supported(object_path: str | Path | None = None) -> bool:
+    """Whether this kernel loads the multi-buffer XDP program (which Datapath then uses)."""
+    path = Path(object_path) if object_path else OBJECT_PATH
+    return _frags_wanted() and _loads(path.read_bytes(), str(path), PROG_XDP_FRAGS)
+
+
+_PROBED: dict[str, bool] = {}
+_WITHOUT = {
+    PROG_READ_FLOWS: "reading with batch lookups, whose copy can tear a counter being added to",
+    PROG_XDP_FRAGS: "XDP runs the single-buffer program (refused natively above about a page of MTU)",
+}
 
 
 def _sum_cpus(vals: np.ndarray, dtype: np.dtype) -> np.ndarray:
