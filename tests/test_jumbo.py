@@ -17,7 +17,7 @@ import pytest
 from netns import AGENT_IP4, PEER_IP4, Agent, VethPair, run, send_frames, veth_pair, wait_seen, xdp_prog_name, xtrace
 from test_e2e_run import INTERVAL, attached_line, check_accounting, flows_and_summaries, udp4
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.kernels]  # in the make test-kernels subset too
 
 MTU = 9000
 SIZES = (1500, 4000, 8900)  # whole Ethernet frames, no FCS
