@@ -22,6 +22,7 @@ stats record is printed for reconciliation and anything odd is listed under "Ano
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -36,7 +37,7 @@ from empty import HOOKS, Hook, empty_programs
 
 from xtrace_catch.errors import UsageError
 from xtrace_catch.kernel import libbpf
-from xtrace_catch.kernel.datapath import Datapath, DatapathConfig
+from xtrace_catch.kernel.datapath import PROG_XDP, Datapath, DatapathConfig
 from xtrace_catch.kernel.layout import DEFAULT_FLOWS, STATS_FIELDS, TrafficType
 
 __all__ = ["NAME", "run", "Params", "FULL", "QUICK"]
@@ -287,6 +288,70 @@ def _many_row(hook: str, phase: str, acc: dict[str, _Calls]) -> ManyFlows:
     )
 
 
+# -- the two XDP programs ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class XdpVariants:
+    cls: str
+    frags: float    # median ns/run, xtrace_xdp_frags
+    single: float   # median ns/run, xtrace_xdp
+    empty: float
+    diffs: tuple[int, ...]  # frags - single, per round
+
+
+def _single_buffer_datapath() -> Datapath:
+    """A Datapath running xtrace_xdp, as on kernels without xdp.frags (XTRACE_XDP_FRAGS=off)."""
+    saved = os.environ.get("XTRACE_XDP_FRAGS")
+    os.environ["XTRACE_XDP_FRAGS"] = "off"
+    try:
+        return Datapath(DatapathConfig(programs=frozenset({PROG_XDP})))
+    finally:
+        if saved is None:
+            del os.environ["XTRACE_XDP_FRAGS"]
+        else:
+            os.environ["XTRACE_XDP_FRAGS"] = saved
+
+
+def _xdp_variants(dp: Datapath, empty_fd: int, p: Params, tally: Tally) -> list[XdpVariants]:
+    """The multi-buffer program (bpf_xdp_get_buff_len per packet) against the single-buffer one, per
+    class, interleaved with the empty program; [] when this kernel has no xdp.frags."""
+    if not dp.xdp_frags:
+        return []
+    rows = []
+    with _single_buffer_datapath() as single_dp:
+        frags_fd, single_fd = dp.prog_fd(PROG_XDP), single_dp.prog_fd(PROG_XDP)
+        for cls, frame in traffic.frame_classes().items():
+            f_s: list[int] = []
+            s_s: list[int] = []
+            e_s: list[int] = []
+            for r in range(p.rounds):
+                _progress(f"XDP variants: {cls} round {r + 1}/{p.rounds}")
+                _interleaved([(frags_fd, f_s), (single_fd, s_s), (empty_fd, e_s)], frame, p, r)
+                tally.add(frame, p.repeat)  # the frags program runs in dp's maps
+            rows.append(XdpVariants(cls, statistics.median(f_s), statistics.median(s_s), statistics.median(e_s),
+                                    tuple(f - s for f, s in zip(f_s, s_s))))
+    return rows
+
+
+def _xdp_variant_lines(p: Params, rows: list[XdpVariants]) -> list[str]:
+    out = ["", "### XDP: multi-buffer (xdp.frags) vs single-buffer program", ""]
+    if not rows:
+        return out + ["This kernel refused xdp.frags: only the single-buffer program runs (measured above)."]
+    out += [
+        f"The same frames, {p.rounds} rounds x repeat={p.repeat:,}, xtrace_xdp_frags, xtrace_xdp and the empty "
+        "XDP program interleaved. The multi-buffer program adds one helper call (bpf_xdp_get_buff_len) per "
+        "packet; with -m xdp it runs wherever the kernel takes it.",
+        "",
+        "| class | frags ns | single ns | empty ns | frags - single ns | per round (min-max) |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        out.append(f"| {r.cls} | {r.frags:.0f} | {r.single:.0f} | {r.empty:.0f} | {r.frags - r.single:.0f} | "
+                   f"{min(r.diffs)} to {max(r.diffs)} |")
+    return out
+
+
 # -- program facts ----------------------------------------------------------------------------------
 
 
@@ -307,7 +372,8 @@ def _prog_sizes(dp: Datapath) -> list[str]:
             lines.append(f"- {hook.prog}: bpftool failed ({exc})")
             continue
         xl, jt = info.get("bytes_xlated", 0), info.get("bytes_jited", 0)
-        lines.append(f"- `{hook.prog}` (id {prog_id}): {xl} bytes xlated ({xl // 8} insns), {jt} bytes jited")
+        name = hook.prog + (f", {dp.xdp_variant}" if hook.prog == PROG_XDP else "")
+        lines.append(f"- `{name}` (id {prog_id}): {xl} bytes xlated ({xl // 8} insns), {jt} bytes jited")
     return lines
 
 
@@ -340,7 +406,7 @@ def _stats_anomalies(where: str, stats: np.void, expected: Tally, anomalies: lis
 
 
 def _report(p: Params, per_packet: list[PerPacket], pp_stats: np.void, pp_tally: Tally, sizes: list[str],
-            many_runs: dict[str, ManyFlowsRun], anomalies: list[str]) -> str:
+            many_runs: dict[str, ManyFlowsRun], variants: list[XdpVariants], anomalies: list[str]) -> str:
     out = ["## Datapath (BPF_PROG_TEST_RUN)", ""]
     out += [
         f"Per packet: {p.rounds} rounds x repeat={p.repeat:,} per class, hook and program, ours and empty "
@@ -358,6 +424,7 @@ def _report(p: Params, per_packet: list[PerPacket], pp_stats: np.void, pp_tally:
             anomalies.append(f"{r.cls}/{r.hook}: overhead {r.overhead:.0f} ns > {TARGET_OVERHEAD_NS:.0f} ns")
     out += ["", "Programs:", *sizes, "",
             "Stats of the per-packet object after all its runs (not asserted):", *_stats_lines(pp_stats, pp_tally)]
+    out += _xdp_variant_lines(p, variants)
 
     out += [
         "", "### Many flows",
@@ -410,6 +477,7 @@ def run(p: Params, anomalies: list[str]) -> str:
         with Datapath(DatapathConfig(programs=frozenset(h.prog for h in HOOKS))) as dp:
             sizes = _prog_sizes(dp)
             per_packet = _per_packet(dp, empties, p, pp_tally, anomalies)
+            variants = _xdp_variants(dp, empties["XDP"], p, pp_tally)
             many_runs = {}
             for hook in HOOKS:
                 res = _many_flows(hook, empties[hook.label], dp.prog_fd(hook.prog), p, pp_tally, anomalies)
@@ -417,7 +485,7 @@ def run(p: Params, anomalies: list[str]) -> str:
                 many_runs[hook.label] = res
             pp_stats = dp.read_stats()
         _stats_anomalies("per packet", pp_stats, pp_tally, anomalies)
-    return _report(p, per_packet, pp_stats, pp_tally, sizes, many_runs, anomalies)
+    return _report(p, per_packet, pp_stats, pp_tally, sizes, many_runs, variants, anomalies)
 
 
 if __name__ == "__main__":

@@ -830,8 +830,9 @@ static __always_inline void count_frame(struct flow_key *key, const struct pkt_i
 	st->overflowed_bytes += bytes;
 }
 
-SEC("xdp")
-int xtrace_xdp(struct xdp_md *ctx)
+/* Both XDP programs parse the linear part. A multi-buffer frame (`frags`, a
+ * constant) is counted at its whole length, across its fragments. */
+static __always_inline int xdp_count(struct xdp_md *ctx, const int frags)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -839,8 +840,15 @@ int xtrace_xdp(struct xdp_md *ctx)
 	struct pkt_info pi;
 
 	int ret = parse_fresh(data, data_end, &key, &pi, 0, 0, XT_DIR_INGRESS);
-	count_frame(&key, &pi, ret, data_end - data, 1, 0, XT_DIR_INGRESS);
+	__u32 len = frags ? bpf_xdp_get_buff_len(ctx) : data_end - data;
+	count_frame(&key, &pi, ret, len, 1, 0, XT_DIR_INGRESS);
 	return XDP_PASS;
+}
+
+SEC("xdp")
+int xtrace_xdp(struct xdp_md *ctx)
+{
+	return xdp_count(ctx, 0);
 }
 
 /* The multi-buffer variant (Linux >= 5.18): drivers attach it natively at any MTU (a non-frags
@@ -851,14 +859,7 @@ int xtrace_xdp(struct xdp_md *ctx)
 SEC("xdp.frags")
 int xtrace_xdp_frags(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct flow_key key;
-	struct pkt_info pi;
-
-	int ret = parse_fresh(data, data_end, &key, &pi, 0, 0, XT_DIR_INGRESS);
-	count_frame(&key, &pi, ret, bpf_xdp_get_buff_len(ctx), 1, 0, XT_DIR_INGRESS);
-	return XDP_PASS;
+	return xdp_count(ctx, 1);
 }
 
 /* CO-RE flavour of the context: field offsets are relocated against the

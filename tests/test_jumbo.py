@@ -125,3 +125,18 @@ def test_xdp_native_refused_says_why_and_exits_2(jumbo: VethPair, path: str) -> 
     assert "MTU" in lines[0] and "(ERANGE)" in lines[0] and "--xdp-mode auto or generic" in lines[0], lines
     link = run(["ip", "-n", jumbo.ns, "-d", "link", "show", jumbo.ifname]).stdout
     assert "prog/xdp" not in link and "xdpgeneric" not in link, link  # nothing left attached
+
+
+@pytest.mark.parametrize("frags", [True, False], ids=["frags", "single-buffer"])
+def test_version_and_verbose_name_the_xdp_program_and_why(jumbo: VethPair, frags: bool) -> None:
+    """--version and -v say which XDP program runs here, and why when it is the single-buffer one."""
+    want = ("multi-buffer (xdp.frags)" if FRAGS else "single-buffer (xdp; this kernel refused xdp.frags)") if frags \
+        else "single-buffer (xdp; XTRACE_XDP_FRAGS=off)"
+    env = env_for(jumbo, "link", frags)
+    v = xtrace(jumbo.ns, ["--version"], env=env)
+    assert v.returncode == 0, v.stderr
+    assert f"XDP program: {want}" in v.stdout.splitlines(), v.stdout
+    p = xtrace(jumbo.ns, ["-i", jumbo.ifname, "-m", "xdp", "--xdp-mode", "generic", "-v", "--count", "1", "-t", INTERVAL],
+               env=env)
+    assert p.returncode == 0, p.stderr
+    assert f"XDP program: {want}" in p.stderr, p.stderr

@@ -271,9 +271,22 @@ def version_cmd() -> None:
 
         paths = attach_paths()
         print(f"attach: XDP {paths['xdp']}; TC {paths['tc']}")
+        print(f"XDP program: {_xdp_program_words()}")
     except XtraceError as exc:
         print(f"libbpf: not usable: {exc}")
     print(f"kernel {platform.release()}")
+
+
+def _xdp_program_words() -> str:
+    """Which XDP program `run -m xdp` loads here; finding out loads a probe, which needs privileges."""
+    from .kernel.caps import check_bpf_privileges
+    from .kernel.datapath import xdp_program
+
+    try:
+        check_bpf_privileges(need_net_admin=False)
+    except XtraceError:
+        return "unknown without CAP_BPF (run as root to probe for xdp.frags)"
+    return xdp_program()[1]
 
 
 def _route(argv: list[str]) -> list[str]:

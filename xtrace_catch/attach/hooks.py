@@ -43,7 +43,6 @@ class Attachments:
         self._items: list[XdpAttachment | TcAttachment | TcxAttachment] = []
         self._locks: list[HookLock] = []
         self._created_qdisc = False
-        self.xdp_mode = ""
         self.policy = attach_policy()
 
     def _lock(self, hook: str) -> None:
@@ -57,7 +56,6 @@ class Attachments:
         self._lock("xdp")
         att = XdpAttachment(self.ipr, self.iface, prog_fd, mode, self.notify, self.policy)
         self._items.append(att)
-        self.xdp_mode = att.mode.value
         return att.mode
 
     @property

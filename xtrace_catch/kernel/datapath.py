@@ -155,8 +155,8 @@ class Datapath:
         try:
             use_iter = _loads(data, str(path), PROG_READ_FLOWS)
             # XDP: the multi-buffer variant (attaches natively at any MTU) where the kernel has it.
-            self.xdp_frags = (PROG_XDP in self.config.programs and _frags_wanted()
-                              and _loads(data, str(path), PROG_XDP_FRAGS))
+            self.xdp_frags, self.xdp_variant = (_xdp_choice(data, str(path)) if PROG_XDP in self.config.programs
+                                                else (False, ""))
             self._configure()
             self.obj.set_autoload(PROG_READ_FLOWS, use_iter)
             if self.xdp_frags:
@@ -196,11 +196,6 @@ class Datapath:
         self.obj.set_autoload(PROG_XDP_FRAGS, False)
 
     # -- programs ------------------------------------------------------------
-
-    @property
-    def xdp_variant(self) -> str:
-        """Which XDP program is loaded, in words (for -v)."""
-        return "multi-buffer (xdp.frags)" if self.xdp_frags else "single-buffer (xdp; this kernel has no xdp.frags)"
 
     def prog_fd(self, name: str) -> int:
         """A hook program's fd by its name; PROG_XDP gives whichever XDP variant is loaded."""
@@ -307,10 +302,24 @@ def _frags_wanted() -> bool:
     return v == "auto"
 
 
+def _xdp_choice(data: bytes, name: str) -> tuple[bool, str]:
+    """Whether XDP runs the multi-buffer program, and the choice and its reason in words."""
+    if not _frags_wanted():
+        return False, "single-buffer (xdp; XTRACE_XDP_FRAGS=off)"
+    if _loads(data, name, PROG_XDP_FRAGS):
+        return True, "multi-buffer (xdp.frags)"
+    return False, "single-buffer (xdp; this kernel refused xdp.frags)"
+
+
+def xdp_program(object_path: str | Path | None = None) -> tuple[bool, str]:
+    """The XDP program Datapath loads on this kernel: (multi-buffer?, in words)."""
+    path = Path(object_path) if object_path else OBJECT_PATH
+    return _xdp_choice(path.read_bytes(), str(path))
+
+
 def xdp_frags_supported(object_path: str | Path | None = None) -> bool:
     """Whether this kernel loads the multi-buffer XDP program (which Datapath then uses)."""
-    path = Path(object_path) if object_path else OBJECT_PATH
-    return _frags_wanted() and _loads(path.read_bytes(), str(path), PROG_XDP_FRAGS)
+    return xdp_program(object_path)[0]
 
 
 _PROBED: dict[str, bool] = {}
