@@ -138,6 +138,18 @@ struct {
 #define VLAN_VID_MASK   0x0fff
 #define MAX_VLAN_TAGS   2
 
+/* PPPoE session stage (RFC 2516, 4, 5.5): version/type 0x11, code 0x00, session ID,
+ * length (6 bytes), then the PPP protocol field (RFC 1661, 2): IPv4 0x0021 (RFC 1332),
+ * IPv6 0x0057 (RFC 5072). Other PPP protocols (LCP, IPCP, ...) stay Other. */
+#define ETH_P_PPP_SES   0x8864
+#define PPPOE_HLEN      6
+#define PPPOE_VER_TYPE  0x11
+#define PPPOE_CODE_OFF  1
+#define PPPOE_CODE_SESSION 0x00
+#define PPP_PROTO_LEN   2
+#define PPP_IP          0x0021
+#define PPP_IPV6        0x0057
+
 /* IPoIB (RFC 4391) as a Linux netdev shows it: a 20-byte pseudo header (the
  * hardware address) then the 4-byte encapsulation header (ethertype, reserved). */
 #define IPOIB_HLEN      24
@@ -548,6 +560,19 @@ static __always_inline int parse_frame(void *data, void *data_end,
 		}
 		if (proto == ETH_P_8021Q || proto == ETH_P_8021AD)
 			return PARSE_TRUNCATED; /* more tags than we parse */
+		/* PPPoE session data: the flow is the inner IP packet's (its ethertype in the key);
+		 * the 8 bytes of PPPoE and PPP count toward the headers, like a VLAN tag. */
+		if (proto == ETH_P_PPP_SES) {
+			__u8 *pppoe = data + off;
+			if ((void *)(pppoe + PPPOE_HLEN + PPP_PROTO_LEN) > data_end)
+				return PARSE_TRUNCATED;
+			__u32 ppp = load_be16(pppoe + PPPOE_HLEN);
+			if (pppoe[0] == PPPOE_VER_TYPE && pppoe[PPPOE_CODE_OFF] == PPPOE_CODE_SESSION &&
+			    (ppp == PPP_IP || ppp == PPP_IPV6)) {
+				proto = ppp == PPP_IP ? ETH_P_IP : ETH_P_IPV6;
+				off += PPPOE_HLEN + PPP_PROTO_LEN;
+			}
+		}
 	}
 
 	key->eth_proto = proto;

@@ -18,7 +18,11 @@ ETH_P_IPV6 = 0x86DD
 ETH_P_8021Q = 0x8100
 ETH_P_8021AD = 0x88A8
 ETH_P_ROCE = 0x8915
+ETH_P_PPPOE_DISC = 0x8863
 ETH_P_PPPOE_SESS = 0x8864
+
+# PPP protocol field values (RFC 1661, 1332, 5072)
+PPP_IP, PPP_IPV6, PPP_LCP = 0x0021, 0x0057, 0xC021
 
 IPPROTO_HOPOPTS = 0
 IPPROTO_ICMP = 1
@@ -103,6 +107,12 @@ def ether(ethertype: int, payload: bytes, *, dst: bytes = MAC_B, src: bytes = MA
     for tpid, tci in tags:
         out += struct.pack("!HH", tpid, tci)
     return out + struct.pack("!H", ethertype) + payload
+
+
+def pppoe(ppp_proto: int, payload: bytes, *, session: int = 0x2A, code: int = 0x00, ver_type: int = 0x11) -> bytes:
+    """The PPPoE session stage header (RFC 2516, 5.5) and the PPP protocol field (RFC 1661, 2),
+    for ``ether(ETH_P_PPPOE_SESS, ...)``."""
+    return struct.pack("!BBHHH", ver_type, code, session, 2 + len(payload), ppp_proto) + payload
 
 
 def ipoib(ethertype: int, payload: bytes, *, hwaddr: bytes = bytes(range(20))) -> bytes:
