@@ -803,3 +803,48 @@ def test_replayed_captures_match_tshark(pair: VethPair) -> None:
     got = {(k.traffic_type, k.src_ip, k.dst_ip, k.dst_qp): v
            for k, v in aggregate(recs, pair.ifname, AGENT_IP4).items()}
     assert got == want
+
+
+def tshark_udp_flows(path: Path) -> dict[Key, tuple[int, int]]:
+    """UDP flows (inner IPv4 of PPPoE included) as tshark reads the capture: Key -> (packets, bytes)."""
+    tshark = require_tool("tshark", "tshark")
+    fields = ["frame.len", "vlan.id", "ip.src", "ip.dst", "udp.srcport", "udp.dstport"]
+    p = run([tshark, "-n", "-r", str(path), "-T", "fields", "-E", "occurrence=f",
+             *sum((["-e", f] for f in fields), [])], timeout=60)
+    out: dict[Key, tuple[int, int]] = {}
+    for line in p.stdout.splitlines():
+        flen, vlan, src, dst, sport, dport = line.split("\t")
+        k = Key("ingress", src, dst, int(sport), int(dport), 17, "UDP", int(vlan or 0), None)
+        pk, by = out.get(k, (0, 0))
+        out[k] = (pk + 1, by + int(flen))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["xdp", "tc"])
+@pytest.mark.parametrize("exclude_dns", [False, True], ids=["dns-counted", "exclude-dns"])
+def test_replayed_pppoe_dns_matches_tshark(pair: VethPair, mode: str, exclude_dns: bool) -> None:
+    """ndpi's dns.pcap replayed onto the veth: three plain IPv4 DNS frames and two QinQ +
+    PPPoE session frames, whose inner IPv4/UDP flows (outer VLAN 421) are the flows tshark
+    sees. With --exclude-dns all five are filtered, bytes included."""
+    tcpreplay = require_tool("tcpreplay", "tcpreplay")
+    path = DATA / "dns.pcap"
+    want = tshark_udp_flows(path)
+    assert sorted(want.values()) == [(1, 75), (1, 91), (1, 219), (2, 151)], want
+    assert {k.vlan for k in want} == {0, 421}  # the PPPoE frames are in the oracle, under their outer tag
+    n, nbytes = sum(v[0] for v in want.values()), sum(v[1] for v in want.values())
+    assert (n, nbytes) == (5, 536)
+    args = ["-m", mode] + (["--exclude-dns"] if exclude_dns else [])
+    with start_agent(pair, *args) as a:
+        assert a.wait_stderr("xtrace-catch: ") == attached_line(pair, mode)
+        run(["ip", "netns", "exec", pair.peer_ns, tcpreplay, "-q", "-t", "-i", pair.peer_if, str(path)], timeout=60)
+        assert wait_seen(pair.ns, pair.ifname, n)["seen"] == n
+        assert a.stop() == 0
+    recs = a.records()
+    su = check_accounting(recs, pair.ifname)
+    got = {k: v[:2] for k, v in aggregate(recs, pair.ifname, AGENT_IP4).items()}
+    if exclude_dns:
+        assert got == {}
+        assert (su[-1]["packets_filtered_total"], su[-1]["bytes_filtered_total"]) == (n, nbytes), su[-1]
+    else:
+        assert got == want
+        assert su[-1]["packets_filtered_total"] == 0
