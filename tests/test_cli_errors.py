@@ -151,13 +151,15 @@ def test_version(argv: list[str]) -> None:
     p = cli(argv)
     assert (p.returncode, p.stderr) == (0, "")
     lines = p.stdout.splitlines()
-    assert len(lines) == 4, p.stdout
+    assert len(lines) == 5, p.stdout
     assert lines[0] == f"xtrace-catch {xtrace_catch.__version__}"
     assert re.fullmatch(r"attach: XDP (BPF link|netlink .*); TC (TCX link|netlink clsact filter .*)", lines[2]), lines[2]
     m = re.fullmatch(r"libbpf (\d+\.\d+(?:\.\d+)?) \((\w[\w-]*): (/\S+)\)", lines[1])
     assert m, lines[1]
     assert Path(m[3]).exists() and "libbpf" in Path(m[3]).name
-    assert lines[3] == f"kernel {platform.release()}"
+    assert re.fullmatch(r"XDP program: (multi-buffer \(xdp\.frags\)|single-buffer \(xdp; .+\)|unknown .+)",
+                        lines[3]), lines[3]
+    assert lines[4] == f"kernel {platform.release()}"
 
 
 # -- inside a namespace (root) -------------------------------------------------

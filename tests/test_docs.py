@@ -245,7 +245,8 @@ def check_version(r: Ran, ifname: str) -> None:
     assert lines[0] == f"xtrace-catch {__version__}"
     assert lines[1].startswith("libbpf ") and "not usable" not in lines[1]
     assert lines[2].startswith("attach: XDP ") and "; TC " in lines[2]
-    assert lines[3].startswith("kernel ")
+    assert lines[3].startswith("XDP program: ") and "xdp" in lines[3]
+    assert lines[4].startswith("kernel ")
 
 
 def rdma_lines(r: Ran) -> list[str]:
