@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 
 T = TypeVar("T")
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
 async def interval_loop(settings: Settings, step: Callable[[], tuple[T, Batch | None]], emit: Callable[[T], None],
@@ -26,6 +27,7 @@ async def interval_loop(settings: Settings, step: Callable[[], tuple[T, Batch | 
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    held = signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # one held since attach is taken now
     if export is not None:
         await export.start(notify)
     try:
@@ -48,6 +50,7 @@ async def interval_loop(settings: Settings, step: Callable[[], tuple[T, Batch | 
             if next_at < loop.time():  # fell behind (slow terminal, huge map): skip, do not burst
                 next_at = loop.time() + period
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # held again, where it was, until detached
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         if export is not None:
