@@ -78,7 +78,15 @@ from pcaplib import read_frames, write_pcap
 
 from xtrace_catch.errors import LibbpfError
 from xtrace_catch.kernel import libbpf
-from xtrace_catch.kernel.datapath import OBJECT_PATH, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP
+from xtrace_catch.kernel.datapath import (
+    OBJECT_PATH,
+    PROG_TC_EGRESS,
+    PROG_TC_INGRESS,
+    PROG_XDP,
+    PUBLIC_DNS_SERVERS,
+    PUBLIC_RESOLVERS,
+    default_dns_servers,
+)
 from xtrace_catch.kernel.layout import TYPE_SLOTS, VALUE_FIELDS, Filter, LinkType, TrafficType
 
 XDP_PASS = 2
@@ -666,6 +674,40 @@ def test_dns_excluded_by_server_address(make_hook) -> None:  # type: ignore[no-u
     for _label, f, _kw in dropped + other:
         h.send(f)
     h.check(_counts(h, other), filtered=(len(dropped), sum(len(f) for _l, f, _k in dropped)))
+
+
+def test_public_resolver_list_names_each_provider_once() -> None:
+    """One list, by provider; the resolvers of the original tool's Chinese users are in it."""
+    assert len(set(PUBLIC_DNS_SERVERS)) == len(PUBLIC_DNS_SERVERS)
+    assert all(ipaddress.ip_address(a) for a in PUBLIC_DNS_SERVERS)
+    assert {"223.5.5.5", "223.6.6.6"} <= set(PUBLIC_RESOLVERS["AliDNS"])
+    assert {"114.114.114.114", "114.114.115.115"} <= set(PUBLIC_RESOLVERS["114DNS"])
+    assert "119.29.29.29" in PUBLIC_RESOLVERS["DNSPod"]
+    assert any(ipaddress.ip_address(a).version == 6 for a in PUBLIC_RESOLVERS["AliDNS"] + PUBLIC_RESOLVERS["DNSPod"])
+
+
+def test_public_resolvers_excluded_on_any_port(make_hook, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """--exclude-dns as the agent sets it up (the public list plus resolv.conf): traffic to and
+    from every public resolver is filtered whatever its port (DoT 853, DoH 443), through
+    BPF_PROG_TEST_RUN only; a resolv.conf server is too, and other traffic is counted."""
+    h = make_hook(exclude_dns=True)
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {DNS4}\nnameserver {DNS6}%eth0\nsearch example.org\n")
+    servers = default_dns_servers(resolv)
+    assert servers == [*PUBLIC_DNS_SERVERS, DNS4, DNS6]
+    assert h.dp.set_dns_servers(servers) == servers
+    dropped = []
+    for addr in servers:
+        six = ipaddress.ip_address(addr).version == 6
+        me = A6 if six else A4
+        mk = v6 if six else v4
+        dropped += [mk(IPPROTO_TCP, tcp(40030, 853), me, addr), mk(IPPROTO_UDP, udp(443, 40031, PAYLOAD), addr, me)]
+    keep = [(v4(IPPROTO_TCP, tcp(40030, 853), A4, B4), dict(src=A4, dst=B4, sport=40030, dport=853, proto=6, ttype=T)),
+            (v6(IPPROTO_UDP, udp(443, 40031, PAYLOAD), B6, A6),
+             dict(src=B6, dst=A6, sport=443, dport=40031, proto=17, ttype=U))]
+    for f in dropped + [f for f, _kw in keep]:
+        h.send(f)
+    h.check(_counts(h, [("keep", f, kw) for f, kw in keep]), filtered=(len(dropped), sum(map(len, dropped))))
 
 
 # -- traffic filter -------------------------------------------------------------

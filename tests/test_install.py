@@ -359,6 +359,7 @@ def test_wheel_installed_offline_outside_the_checkout_runs(pair: VethPair, tmp_p
     names = subprocess.run([sys.executable, "-m", "zipfile", "-l", str(wheel)], capture_output=True,
                            text=True, check=True).stdout
     assert "xtrace_catch/bpf/xtrace.bpf.o" in names and "xtrace_catch/proto/remote_write.proto" in names
+    assert re.search(r"xtrace_catch-[^/]+\.dist-info/(licenses/)?LICENSE\b", names), names  # the licence travels
     venv = tmp_path / "opt" / "xtrace-catch"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     res = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-index", "--no-deps", str(wheel)],

@@ -325,3 +325,20 @@ def test_no_file_hard_codes_a_registry_host() -> None:
         text = data.decode("utf-8", errors="replace").lower()
         offenders += [f"{rel}: {h}" for h in REGISTRY_HOSTS if h in text]
     assert not offenders
+
+
+# --- licence ----------------------------------------------------------------------------
+
+def test_license_file_covers_the_package_and_the_bpf_object() -> None:
+    """LICENSE names MIT for the package and GPL-2.0-only OR BSD-2-Clause for the BPF programs,
+    which is what the sources' SPDX lines, the object's license section and pyproject say."""
+    text = (ROOT / "LICENSE").read_text()
+    assert "MIT License" in text and "BSD 2-Clause License" in text and "GPL-2.0-only OR BSD-2-Clause" in text
+    for src in ("ebpf/xtrace.bpf.c", "ebpf/xtrace.h"):
+        assert "SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)" in (ROOT / src).read_text().splitlines()[0]
+    from elftools.elf.elffile import ELFFile
+
+    with open(ROOT / "xtrace_catch" / "bpf" / "xtrace.bpf.o", "rb") as f:
+        declared = ELFFile(f).get_section_by_name("license").data().rstrip(b"\0").decode()
+    assert declared == "Dual BSD/GPL"  # GPL-compatible to the kernel: bpf_seq_write is GPL-only
+    assert 'license = { text = "MIT AND (GPL-2.0-only OR BSD-2-Clause)" }' in (ROOT / "pyproject.toml").read_text()

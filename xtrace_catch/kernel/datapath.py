@@ -49,6 +49,7 @@ __all__ = [
     "addr16",
     "default_dns_servers",
     "PUBLIC_DNS_SERVERS",
+    "PUBLIC_RESOLVERS",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,14 +64,18 @@ ALL_PROGRAMS = frozenset({PROG_XDP, PROG_TC_INGRESS, PROG_TC_EGRESS})  # the hoo
 PROG_READ_FLOWS = "xtrace_read_flows"  # the flow map's iterator, always loaded
 _OPTIONAL = (PROG_XDP_FRAGS, PROG_READ_FLOWS)  # loaded where this kernel takes them (probed once each)
 
-# Well-known public resolvers (Google, Cloudflare, Quad9, OpenDNS), added to the
-# host's resolv.conf nameservers for --exclude-dns. Only matched against, never contacted.
-PUBLIC_DNS_SERVERS = (
-    "8.8.8.8", "8.8.4.4", "1.1.1.1", "1.0.0.1", "9.9.9.9", "149.112.112.112",
-    "208.67.222.222", "208.67.220.220",
-    "2001:4860:4860::8888", "2001:4860:4860::8844", "2606:4700:4700::1111", "2606:4700:4700::1001",
-    "2620:fe::fe", "2620:fe::9",
-)
+# Public resolvers, by provider, as each publishes them; the host's resolv.conf nameservers
+# are added to these for --exclude-dns. Only matched against, never contacted.
+PUBLIC_RESOLVERS: dict[str, tuple[str, ...]] = {
+    "Google Public DNS": ("8.8.8.8", "8.8.4.4", "2001:4860:4860::8888", "2001:4860:4860::8844"),
+    "Cloudflare": ("1.1.1.1", "1.0.0.1", "2606:4700:4700::1111", "2606:4700:4700::1001"),
+    "Quad9": ("9.9.9.9", "149.112.112.112", "2620:fe::fe", "2620:fe::9"),
+    "OpenDNS": ("208.67.222.222", "208.67.220.220"),
+    "AliDNS": ("223.5.5.5", "223.6.6.6", "2400:3200::1", "2400:3200:baba::1"),
+    "114DNS": ("114.114.114.114", "114.114.115.115"),  # publishes no IPv6 address
+    "DNSPod": ("119.29.29.29", "2402:4e00::"),
+}
+PUBLIC_DNS_SERVERS = tuple(a for addrs in PUBLIC_RESOLVERS.values() for a in addrs)
 
 
 def addr16(text: str) -> bytes:
