@@ -1,12 +1,15 @@
-# xtrace-catch agent image. Two stages:
+# xtrace-catch agent image. Stages:
 #   builder  checks the committed BPF object against ebpf/ (make bpf-check), builds the
 #            vendored libbpf (make libbpf, the version pinned in vendor-libbpf/libbpf.pin)
 #            and the wheel (make build), and installs the wheel into a venv;
 #   final    Debian slim + Debian's python3 + that venv + libbpf.so; no compiler, no pip,
-#            nothing fetched at start.
+#            nothing fetched at start. The default target: the last stage is final itself;
+#   debug    final + curl, wget, ping, ip and tcpdump, to make and watch traffic from a shell
+#            in the container (make docker-build-debug: --target debug -t xtrace-catch:debug).
 # The base is a build argument so a locally made Debian image can stand in for the
 # registry's ('make docker-base' builds one with mmdebstrap under this name).
 #   docker build -t xtrace-catch .        (make docker-build; DOCKER=podman|buildah also work)
+#   docker build --target debug -t xtrace-catch:debug .   (make docker-build-debug)
 #   docker run --rm --privileged --network host -v /sys/fs/bpf:/sys/fs/bpf xtrace-catch -i eth0
 ARG BASE_IMAGE=debian:bookworm-slim
 
@@ -37,7 +40,7 @@ RUN --mount=type=secret,id=build_ca \
     && strip --strip-unneeded "$pkg/lib/libbpf.so.1" \
     && /opt/xtrace/bin/xtrace-catch --version | tee /dev/stderr | grep -q "(vendored: $pkg/lib/"
 
-FROM ${BASE_IMAGE}
+FROM ${BASE_IMAGE} AS final
 ARG DEBIAN_FRONTEND=noninteractive
 # libbpf.so needs libelf1 and zlib1g; ca-certificates for an https push URL.
 RUN apt-get update -q \
@@ -52,9 +55,21 @@ ENV PATH=/opt/xtrace/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
     PYTHONDONTWRITEBYTECODE=1
 LABEL org.opencontainers.image.title="xtrace-catch" \
       org.opencontainers.image.description="eBPF (XDP/TC) flow monitor for RoCE/InfiniBand GPU clusters" \
-      org.opencontainers.image.licenses="MIT"
+      org.opencontainers.image.licenses="MIT AND (GPL-2.0-only OR BSD-2-Clause)"
 # Runs as root: loading BPF needs root or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON.
 # SIGTERM (docker stop) prints the last interval, detaches and exits 0.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["xtrace-catch"]
 CMD ["run"]
+
+# Only with --target debug (make docker-build-debug): curl and wget (HTTP, VictoriaMetrics'
+# API), ping (ICMP), ip (addresses, routes, attached programs), tcpdump (to compare counts).
+FROM final AS debug
+ARG DEBIAN_FRONTEND=noninteractive
+RUN apt-get update -q \
+    && apt-get install -y -q --no-install-recommends curl wget iputils-ping iproute2 tcpdump \
+    && apt-get clean \
+    && rm -rf /var/lib/apt/lists/*
+
+# The default target is the last stage: the slim image above, nothing added.
+FROM final

@@ -14,13 +14,15 @@ from typing import Any
 
 import pytest
 import yaml
+from test_compose import agent as compose_agent
+from test_dockerfile import stages as dockerfile_stages
 
 from xtrace_catch.export.push import PushFormat, classify_url
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "deploy" / "grafana"
 DOCKER_TARGETS = (
-    "docker-base", "docker-build", "docker-run", "docker-up", "docker-up-xdp", "docker-up-rdma",
+    "docker-base", "docker-build", "docker-build-debug", "docker-run", "docker-up", "docker-up-xdp", "docker-up-rdma",
     "docker-up-nccl", "docker-down", "docker-logs", "docker-shell", "docker-info", "docker-test",
     "docker-clean", "docker-network-info",
 )
@@ -32,54 +34,31 @@ COMPILERS = ("gcc", "g++", "clang", "llvm", "make", "build-essential", "libbpf-d
 
 # --- Dockerfile -----------------------------------------------------------------------
 
-def _dockerfile_stages() -> list[dict[str, Any]]:
-    """Instructions per stage, continuation lines joined, comments dropped."""
-    text = (ROOT / "Dockerfile").read_text()
-    logical: list[str] = []
-    buf = ""
-    for line in text.splitlines():
-        if not buf and (not line.strip() or line.lstrip().startswith("#")):
-            continue
-        if line.rstrip().endswith("\\"):
-            buf += line.rstrip()[:-1] + " "
-            continue
-        logical.append(buf + line)
-        buf = ""
-    stages: list[dict[str, Any]] = []
-    for ins in logical:
-        word, _, rest = ins.strip().partition(" ")
-        if word.upper() == "FROM":
-            m = re.fullmatch(r"(\S+)(?:\s+AS\s+(\S+))?", rest.strip(), re.IGNORECASE)
-            assert m, f"unparsed FROM: {ins}"
-            stages.append({"base": m.group(1), "name": m.group(2), "ins": []})
-        elif stages:
-            stages[-1]["ins"].append((word.upper(), rest.strip()))
-    return stages
-
-
 def test_dockerfile_has_builder_and_final_stage() -> None:
-    stages = _dockerfile_stages()
-    assert len(stages) == 2
-    builder, final = stages
-    assert builder["name"] == "builder" and final["name"] is None
-    assert builder["base"] == final["base"] == "${BASE_IMAGE}"
+    stages = dockerfile_stages()
+    # builder, final (the slim image), debug (final + curl, wget, ping, ...), and the default
+    # target: the last stage, which is final with nothing added (tests/test_dockerfile.py).
+    assert [s.name for s in stages] == ["builder", "final", "debug", None]
+    builder, final = stages[0], stages[1]
+    assert builder.base == final.base == "${BASE_IMAGE}"
+    assert (stages[-1].base, stages[-1].ins) == ("final", [])
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^ARG BASE_IMAGE=debian:bookworm-slim$", text, re.MULTILINE)
-    runs = " ".join(r for w, r in builder["ins"] if w == "RUN")
+    runs = builder.runs()
     for step in ("make bpf-check", "make libbpf", "make build"):
         assert step in runs
-    assert ("ENTRYPOINT", '["xtrace-catch"]') in final["ins"]
-    assert any(w == "COPY" and r.startswith("--from=builder ") for w, r in final["ins"])
+    assert ("ENTRYPOINT", '["xtrace-catch"]') in final.ins
+    assert any(w == "COPY" and r.startswith("--from=builder ") for w, r in final.ins)
 
 
 def test_dockerfile_final_stage_installs_no_compiler() -> None:
-    final = _dockerfile_stages()[-1]
-    runs = " ".join(r for w, r in final["ins"] if w == "RUN")
+    final = next(s for s in dockerfile_stages() if s.name == "final")
+    runs = final.runs()
     words = set(re.split(r"[\s;&|]+", runs))
     assert "python3" in words and "libelf1" in words
     assert not words & set(COMPILERS), f"build tools in the final stage: {sorted(words & set(COMPILERS))}"
     # The builder does install them: the check above would notice if the stages were swapped.
-    builder_runs = " ".join(r for w, r in _dockerfile_stages()[0]["ins"] if w == "RUN")
+    builder_runs = dockerfile_stages()[0].runs()
     assert {"gcc", "clang", "make"} <= set(re.split(r"\s+", builder_runs))
 
 
@@ -88,7 +67,7 @@ def test_dockerignore_keeps_what_the_builder_needs() -> None:
              if ln.strip() and not ln.startswith("#")]
     assert lines[0] == "*"
     kept = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
-    assert {"Makefile", "pyproject.toml", "README.md", "ebpf", "xtrace_catch",
+    assert {"Makefile", "pyproject.toml", "README.md", "LICENSE", "ebpf", "xtrace_catch",
             "vendor-libbpf/build.sh", "vendor-libbpf/libbpf.pin"} <= kept
 
 
@@ -106,7 +85,7 @@ def test_compose_agent() -> None:
     assert agent.get("privileged") or {"BPF", "NET_ADMIN", "PERFMON"} <= set(agent["cap_add"])
     assert "/sys/fs/bpf:/sys/fs/bpf" in agent["volumes"]
     assert "/sys:/host/sys:ro" in agent["volumes"]
-    env = agent["environment"]
+    env = compose_agent({})["environment"]  # as Compose reads it with nothing set (tests/test_compose.py)
     assert env["VICTORIAMETRICS_ENABLED"] == "true"
     assert env["VICTORIAMETRICS_REMOTE_WRITE"] == "http://127.0.0.1:8428/api/v1/write"
     assert classify_url(env["VICTORIAMETRICS_REMOTE_WRITE"]) is PushFormat.REMOTE_WRITE

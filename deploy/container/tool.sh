@@ -4,9 +4,10 @@
 # (podman compose or podman-compose) or DOCKER=buildah (build only). What is missing is said
 # in one line naming the package to install, instead of the tool's own "unknown shorthand
 # flag" or legacy-builder errors. Exit 2 then.
+# `tool.sh has-image IMAGE` exits 0 when IMAGE is in the tool's local storage, 1 when not.
 set -euo pipefail
 tool=${DOCKER:-docker}
-what=${1:?usage: tool.sh compose|build ARGS...}
+what=${1:?usage: tool.sh compose|build|has-image ARGS...}
 shift
 name=$(basename -- "${tool%% *}")
 
@@ -38,6 +39,10 @@ build:*)
     fail "BuildKit is missing ('$tool buildx' does not run; the Dockerfile's build secret needs it): install docker-buildx-plugin (Docker's apt repository; Debian 13: apt-get install docker-buildx), or use DOCKER=podman"
   fi
   exec "$tool" build "$@" ;;
+has-image:*)
+  image=${1:?usage: tool.sh has-image IMAGE}
+  if [[ $name == *buildah* ]]; then inspect=(inspect --type image); else inspect=(image inspect); fi
+  "$tool" "${inspect[@]}" "$image" >/dev/null 2>&1 || exit 1 ;;
 *)
-  fail "tool.sh: unknown action $what (compose or build)" ;;
+  fail "tool.sh: unknown action $what (compose, build or has-image)" ;;
 esac
