@@ -111,6 +111,22 @@ struct {
 	__type(value, struct xtrace_stats);
 } stats SEC(".maps");
 
+/* The multi-buffer XDP program's copy of a frame's first bytes, for a frame whose
+ * headers are not all in the linear part (mlx5's striding RQ can leave it empty):
+ * XDP_HDR_COPY bytes are copied, and the value is as large as the offsets the parser
+ * can reach, which the verifier checks against it. */
+#define XDP_HDR_COPY    256 /* a power of two */
+#define XDP_HDR_BUF     1088
+struct hdr_buf {
+	__u8 b[XDP_HDR_BUF];
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct hdr_buf);
+} xdp_hdr_copy SEC(".maps");
+
 /* DNS server addresses (16-byte, IPv4 v4-mapped) for --exclude-dns. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -866,6 +882,17 @@ static __always_inline int xdp_count(struct xdp_md *ctx, const int frags)
 
 	int ret = parse_fresh(data, data_end, &key, &pi, 0, 0, XT_DIR_INGRESS);
 	__u32 len = frags ? bpf_xdp_get_buff_len(ctx) : data_end - data;
+	/* Headers cut by the end of the linear part continue in the fragments: parse a
+	 * copy of the frame's first bytes instead. */
+	__u32 linear = data_end - data;
+	if (frags && ret != PARSE_OK && linear < len && linear < XDP_HDR_COPY) {
+		__u32 zero = 0;
+		struct hdr_buf *hb = bpf_map_lookup_elem(&xdp_hdr_copy, &zero);
+		/* 1..XDP_HDR_COPY (len > linear), in a form the verifier bounds */
+		__u32 n = (((len < XDP_HDR_COPY ? len : XDP_HDR_COPY) - 1) & (XDP_HDR_COPY - 1)) + 1;
+		if (hb && bpf_xdp_load_bytes(ctx, 0, hb->b, n) == 0)
+			ret = parse_fresh(hb->b, hb->b + n, &key, &pi, 0, 0, XT_DIR_INGRESS);
+	}
 	count_frame(&key, &pi, ret, len, 1, 0, XT_DIR_INGRESS);
 	return XDP_PASS;
 }
@@ -877,10 +904,9 @@ int xtrace_xdp(struct xdp_md *ctx)
 }
 
 /* The multi-buffer variant (Linux >= 5.18): drivers attach it natively at any MTU (a non-frags
- * program is refused above about a page: "Peer MTU is too large to set XDP"). The headers are in
- * the first buffer, which is at least a page less headroom on every driver that makes
- * multi-buffer frames; a frame is counted at its whole length, across its fragments. User space
- * loads this one where the kernel takes it, else xtrace_xdp. */
+ * program is refused above about a page: "Peer MTU is too large to set XDP"). A frame is counted
+ * at its whole length, across its fragments; headers that run past the linear part are parsed
+ * from a copy (xdp_count). User space loads this one where the kernel takes it, else xtrace_xdp. */
 SEC("xdp.frags")
 int xtrace_xdp_frags(struct xdp_md *ctx)
 {
