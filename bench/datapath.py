@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from unittest import mock
 
 import common
 import numpy as np
@@ -302,15 +303,8 @@ class XdpVariants:
 
 def _single_buffer_datapath() -> Datapath:
     """A Datapath running xtrace_xdp, as on kernels without xdp.frags (XTRACE_XDP_FRAGS=off)."""
-    saved = os.environ.get("XTRACE_XDP_FRAGS")
-    os.environ["XTRACE_XDP_FRAGS"] = "off"
-    try:
+    with mock.patch.dict(os.environ, {"XTRACE_XDP_FRAGS": "off"}):
         return Datapath(DatapathConfig(programs=frozenset({PROG_XDP})))
-    finally:
-        if saved is None:
-            del os.environ["XTRACE_XDP_FRAGS"]
-        else:
-            os.environ["XTRACE_XDP_FRAGS"] = saved
 
 
 def _xdp_variants(dp: Datapath, empty_fd: int, p: Params, tally: Tally) -> list[XdpVariants]:

@@ -881,10 +881,10 @@ static __always_inline int xdp_count(struct xdp_md *ctx, const int frags)
 	struct pkt_info pi;
 
 	int ret = parse_fresh(data, data_end, &key, &pi, 0, 0, XT_DIR_INGRESS);
-	__u32 len = frags ? bpf_xdp_get_buff_len(ctx) : data_end - data;
+	__u32 linear = data_end - data;
+	__u32 len = frags ? bpf_xdp_get_buff_len(ctx) : linear;
 	/* Headers cut by the end of the linear part continue in the fragments: parse a
 	 * copy of the frame's first bytes instead. */
-	__u32 linear = data_end - data;
 	if (frags && ret != PARSE_OK && linear < len && linear < XDP_HDR_COPY) {
 		__u32 zero = 0;
 		struct hdr_buf *hb = bpf_map_lookup_elem(&xdp_hdr_copy, &zero);

@@ -281,9 +281,9 @@ def qdisc_kinds(ns: str, ifname: str) -> list[str]:
 def xdp_prog_name() -> str:
     """The name (as the kernel keeps it, 15 characters) of the XDP program the agent loads here:
     the multi-buffer variant where this kernel takes it."""
-    from xtrace_catch.kernel.datapath import xdp_frags_supported
+    from xtrace_catch.kernel.datapath import xdp_program
 
-    return "xtrace_xdp_frags"[:15] if xdp_frags_supported() else "xtrace_xdp"
+    return "xtrace_xdp_frags"[:15] if xdp_program()[0] else "xtrace_xdp"
 
 
 def our_prog_ids(ns: str, ifname: str) -> dict[str, int]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import socket
 import sys
 from typing import TextIO
@@ -24,7 +23,7 @@ from .kernel.caps import check_bpf_privileges
 from .kernel.datapath import PROG_XDP, TC_PROGS, Datapath, DatapathConfig, default_dns_servers
 from .kernel.layout import LinkType
 from .kernel.process import tune_malloc
-from .loop import STOP_SIGNALS, interval_loop
+from .loop import interval_loop, stop_signals_held
 from .rdma.bypass import kernel_roce_bytes, resolve_port
 from .rdma.run import bypass_tracker
 from .settings import Mode, Settings
@@ -76,37 +75,29 @@ def _run(settings: Settings, iface: attach.Interface, bypass_port: tuple[str, in
         if settings.exclude_dns:
             servers = dp.set_dns_servers([*default_dns_servers(), *settings.dns_servers])
             log.info("excluding DNS: port 53 and %d server addresses", len(servers))
-        # From the first attach to the last detach a stop signal stays pending: the interval loop takes
-        # it as it starts (last interval, detach, exit 0), so none ends the process half attached.
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        try:
-            with Watch(settings, dp, iface, notify) as watch:
-                collector = Collector(dp, idle_timeout=settings.idle_timeout_s)
-                fmap = dp.flow_map_info()
-                log.info("flow map: %d flows, %d bytes of kernel memory, read by %s", fmap.capacity, fmap.memory_bytes,
-                         fmap.reads)
-                if settings.mode is Mode.XDP:
-                    log.info("XDP program: %s", dp.xdp_variant)
-                export = Export(settings, iface.name, host_ip, collector, fmap, listener) if settings.export.any else None
-                emitter = Emitter(settings, iface.name, host_ip, fmap, out, notify, export)
-                tracker = bypass_tracker(settings, bypass_port, notify)
-                extra = {"interface": iface.name, "host_ip": host_ip, "collect_agg": settings.export.collect_agg}
+        with stop_signals_held(), Watch(settings, dp, iface, notify) as watch:
+            collector = Collector(dp, idle_timeout=settings.idle_timeout_s)
+            fmap = dp.flow_map_info()
+            log.info("flow map: %d flows, %d bytes of kernel memory, read by %s", fmap.capacity, fmap.memory_bytes,
+                     fmap.reads)
+            if settings.mode is Mode.XDP:
+                log.info("XDP program: %s", dp.xdp_variant)
+            export = Export(settings, iface.name, host_ip, collector, fmap, listener) if settings.export.any else None
+            emitter = Emitter(settings, iface.name, host_ip, fmap, out, notify, export)
+            tracker = bypass_tracker(settings, bypass_port, notify)
+            extra = {"interface": iface.name, "host_ip": host_ip, "collect_agg": settings.export.collect_agg}
 
-                def step() -> tuple[FlowResult, Batch | None]:
-                    iv = collector.collect()
-                    watch.check()
-                    bp = tracker.update(kernel_roce_bytes(iv)) if tracker is not None else None
-                    batch = export.batch(iv, bp.samples(extra) if bp is not None else ()) if export is not None else None
-                    return (iv, bp), batch
+            def step() -> tuple[FlowResult, Batch | None]:
+                iv = collector.collect()
+                watch.check()
+                bp = tracker.update(kernel_roce_bytes(iv)) if tracker is not None else None
+                batch = export.batch(iv, bp.samples(extra) if bp is not None else ()) if export is not None else None
+                return (iv, bp), batch
 
-                try:
-                    asyncio.run(interval_loop(settings, step, emitter.emit, export, notify))
-                finally:
-                    emitter.close()
-        finally:
-            while signal.sigtimedwait(STOP_SIGNALS, 0) is not None:  # one more while detaching: stopping anyway
-                pass
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            try:
+                asyncio.run(interval_loop(settings, step, emitter.emit, export, notify))
+            finally:
+                emitter.close()
     return 0
 
 

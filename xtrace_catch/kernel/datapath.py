@@ -40,7 +40,7 @@ __all__ = [
     "OBJECT_PATH",
     "PROG_XDP",
     "PROG_XDP_FRAGS",
-    "xdp_frags_supported",
+    "xdp_program",
     "PROG_TC_INGRESS",
     "PROG_TC_EGRESS",
     "ALL_PROGRAMS",
@@ -267,8 +267,6 @@ class Datapath:
         self.close()
 
 
-
-
 def _loads(data: bytes, name: str, prog: str) -> bool:
     """Whether this kernel loads `prog`, one of _OPTIONAL, tried once per process, alone, with a
     one-entry flow map.
@@ -320,11 +318,6 @@ def xdp_program(object_path: str | Path | None = None) -> tuple[bool, str]:
     """The XDP program Datapath loads on this kernel: (multi-buffer?, in words)."""
     path = Path(object_path) if object_path else OBJECT_PATH
     return _xdp_choice(path.read_bytes(), str(path))
-
-
-def xdp_frags_supported(object_path: str | Path | None = None) -> bool:
-    """Whether this kernel loads the multi-buffer XDP program (which Datapath then uses)."""
-    return xdp_program(object_path)[0]
 
 
 _PROBED: dict[str, bool] = {}
